@@ -70,6 +70,7 @@ class Change:
     safety: Safety
     reason: str
     step: int | None = None  # filled in by the engine
+    kind: str = "rewrite"  # "rewrite", or "helper" for a helper function written into the module
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ class Context:
     step: int | None = None
 
 
+HELPER_PREFIX = "_porter_"
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 REGISTRY: dict[str, type["Transform"]] = {}
 
@@ -173,6 +175,7 @@ class PythonTransform(Transform, abstract=True):
         """Rewrite a parsed module; the engine chains steps through this without re-parsing."""
         wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
         rewriter = self.rewriter(self, ctx)
+        rewriter.wrapper = wrapper
         new_module = wrapper.visit(rewriter)
         if not rewriter.changes:
             return module, Outcome(text=module.code, findings=tuple(rewriter.findings))
@@ -190,9 +193,9 @@ class Rewriter(m.MatcherDecoratableTransformer):
     `self.record(original_node, result, reason)` for every node whose text you change.
     """
 
+    # Positions are resolved lazily (see line_of); use `self.parent(node)` for parents.
     METADATA_DEPENDENCIES = (
         QualifiedNameProvider,
-        PositionProvider,
         ParentNodeProvider,
         ScopeProvider,
     )
@@ -205,10 +208,104 @@ class Rewriter(m.MatcherDecoratableTransformer):
         self.changes: list[Change] = []
         self.findings: list[Finding] = []
         self.module: cst.Module | None = None
+        self._helpers: dict[str, str] = {}
+        self._stack: list[cst.CSTNode] = []
+        self._parents: dict[cst.CSTNode, cst.CSTNode] = {}
+        self._positions: Any = None
+        self.wrapper: MetadataWrapper | None = None
 
     def visit_Module(self, node: cst.Module) -> bool:
         self.module = node
         return True
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        # Helpers porter wrote into a module (`def _porter_*`) call the CUDA APIs on purpose.
+        if isinstance(node, cst.FunctionDef) and node.name.value.startswith(HELPER_PREFIX):
+            return False
+        if self._stack:
+            self._parents[node] = self._stack[-1]
+        self._stack.append(node)
+        return super().on_visit(node)
+
+    def on_leave(self, original_node: cst.CSTNode, updated_node: cst.CSTNode):  # type: ignore[override]
+        if isinstance(original_node, cst.FunctionDef) and original_node.name.value.startswith(HELPER_PREFIX):
+            return updated_node
+        self._stack.pop()
+        return super().on_leave(original_node, updated_node)
+
+    def parent(self, node: cst.CSTNode) -> cst.CSTNode | None:
+        """The parent of an original node visited so far (cheaper than ParentNodeProvider)."""
+        return self._parents.get(node)
+
+    def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
+        return self._insert_helpers(original_node, updated_node)
+
+    # -- module-level helpers -----------------------------------------------------------------
+    def need_helper(self, name: str, source: str) -> str:
+        """Ask for a module-level helper (a `def name(...)` in `source`); returns `name`.
+
+        Helper names start with `_porter_`; rewriters never look inside such functions.
+
+        Patched code must not depend on porter at run time, so a rewrite that needs more than an
+        expression calls a small helper that is written into the module itself, once, after the
+        imports. The helper is recorded as a change of its own.
+        """
+        assert name.startswith(HELPER_PREFIX), f"helper names start with {HELPER_PREFIX}"
+        self._helpers.setdefault(name, source.strip() + "\n")
+        return name
+
+    def _insert_helpers(self, original: cst.Module, updated: cst.Module) -> cst.Module:
+        existing = {
+            s.name.value for s in updated.body if isinstance(s, cst.FunctionDef)
+        } | {
+            t.target.value
+            for s in updated.body
+            if isinstance(s, cst.SimpleStatementLine)
+            for a in s.body
+            if isinstance(a, cst.Assign)
+            for t in a.targets
+            if isinstance(t.target, cst.Name)
+        }
+        missing = [src for name, src in self._helpers.items() if name not in existing]
+        if not missing:
+            return updated
+        body = list(updated.body)
+        at = _after_imports(body)
+        new_nodes = []
+        for src in missing:
+            helper = cst.parse_statement(src)
+            helper = helper.with_changes(
+                leading_lines=[cst.EmptyLine(), cst.EmptyLine()]
+            ) if isinstance(helper, cst.FunctionDef) else helper
+            new_nodes.append(helper)
+        # Two blank lines after the helpers, before whatever followed the imports.
+        if at < len(body):
+            nxt = body[at]
+            if hasattr(nxt, "leading_lines"):
+                blank = [l for l in nxt.leading_lines if l.comment is None]
+                if len(blank) < 2:
+                    body[at] = nxt.with_changes(
+                        leading_lines=[cst.EmptyLine()] * (2 - len(blank)) + list(nxt.leading_lines)
+                    )
+        body[at:at] = new_nodes
+        result = updated.with_changes(body=body)
+        line = 1 + len(cst.Module(body=body[:at], header=updated.header).code.splitlines())
+        for src in missing:
+            self.changes.append(
+                Change(
+                    file=self.ctx.path,
+                    line=line,
+                    end_line=line,
+                    transform=self.transform.name,
+                    before="",
+                    after=src.strip(),
+                    safety=self.transform.safety,
+                    reason="helper used by the rewrites in this module (patched code must not import porter)",
+                    step=self.ctx.step,
+                    kind="helper",
+                )
+            )
+        return result
 
     # -- names --------------------------------------------------------------------------------
     def imported_names(self, node: cst.CSTNode) -> set[str]:
@@ -224,7 +321,15 @@ class Rewriter(m.MatcherDecoratableTransformer):
         return self.module.code_for_node(node)
 
     def line_of(self, node: cst.CSTNode) -> tuple[int, int]:
-        pos = self.get_metadata(PositionProvider, node)
+        """Lines of an original node. Positions are computed once, on first use, so files
+        a transform visits but does not change never pay for them."""
+        if PositionProvider in self.METADATA_DEPENDENCIES:
+            pos = self.get_metadata(PositionProvider, node)
+        else:
+            if self._positions is None:
+                assert self.wrapper is not None
+                self._positions = self.wrapper.resolve(PositionProvider)
+            pos = self._positions[node]
         return pos.start.line, pos.end.line
 
     # -- results ------------------------------------------------------------------------------
@@ -267,6 +372,28 @@ class Rewriter(m.MatcherDecoratableTransformer):
                 step=self.ctx.step,
             )
         )
+
+
+def _after_imports(body: list[cst.BaseStatement]) -> int:
+    """Index after the module docstring, `__future__` and the leading block of imports."""
+    at = 0
+    for i, stmt in enumerate(body):
+        if isinstance(stmt, cst.SimpleStatementLine) and all(
+            isinstance(s, (cst.Import, cst.ImportFrom)) or (
+                i == 0 and isinstance(s, cst.Expr) and isinstance(s.value, cst.SimpleString)
+            )
+            for s in stmt.body
+        ):
+            at = i + 1
+            continue
+        if isinstance(stmt, cst.If) or isinstance(stmt, cst.Try):
+            # guarded imports such as `try: import x / except ImportError: ...`
+            code = cst.Module(body=[stmt]).code
+            if re.match(r"^(try:|if )", code) and "import " in code and "def " not in code:
+                at = i + 1
+                continue
+        break
+    return at
 
 
 def with_step(outcome: Outcome, step: int) -> Outcome:

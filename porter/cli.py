@@ -1,0 +1,213 @@
+"""The `porter` command: thin click commands over the library.
+
+Data (diffs, JSON) goes to stdout; progress and summaries to stderr. Exit codes: 0 success,
+1 the port has a problem (drift, stale patch, failed smoke check), 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+import traceback
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from porter import __version__
+from porter.errors import PorterError
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="porter")
+def cli() -> None:
+    """Port CUDA-written PyTorch TTS models to Ascend NPUs with reviewed, reproducible recipes.
+
+    \b
+    porter apply recipes/voxcpm2.yaml       fetch, rewrite, write patched_models/voxcpm2/, smoke-test
+    porter diff recipes/voxcpm2.yaml        the unified diff on stdout, nothing written
+    porter transforms                       every transform, one line each
+    porter explain widen-device-check       a transform's doc, params and examples
+
+    Exit codes: 0 ok, 1 the port has a problem (drift, stale, smoke failed), 2 usage error.
+    """
+
+
+source_option = click.option(
+    "--source", "sources", multiple=True, metavar="[ID=]DIR",
+    help="Use a local directory instead of the recipe's source (offline use, an existing checkout)."
+    " ID=DIR replaces the source with that id; DIR alone the first.",
+)
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@source_option
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory that receives <name>/ (default: patched_models).")
+@click.option("--no-smoke", is_flag=True, help="Rewrite and write the package, skip smoke inference.")
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 if the patched package is stale.")
+@click.option("--device", type=click.Choice(["auto", "npu", "npu-sim", "cuda", "cpu"]), default=None,
+              help="Smoke device (default: the recipe's, else auto = Ascend if present, otherwise npu-sim).")
+@click.option("--jobs", type=click.IntRange(1, 64), default=None, help="Parallel rewrite workers.")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
+def apply(recipe: Path, sources: tuple[str, ...], out: Path | None, no_smoke: bool, check: bool,
+          device: str | None, jobs: int | None, as_json: bool) -> None:
+    """Apply RECIPE: write patched_models/<name>/ with port.diff, report.md and report.json."""
+    from porter.port import apply as run_apply, parse_overrides
+
+    res = run_apply(recipe, overrides=parse_overrides(sources), out=out, smoke=not no_smoke, check=check,
+                    device=device, jobs=jobs, progress=lambda m: err.print(f"[dim]porter:[/] {m}"))
+    build = res.build
+    if as_json and build is not None:
+        click.echo(json.dumps(build.report, indent=2))
+    for m in res.messages:
+        err.print(f"[red]error:[/] {m}" if res.exit_code else m)
+    if check:
+        if res.stale:
+            err.print(f"[red]stale:[/] {res.target} differs from what the recipe produces now:")
+            for p in res.stale[:20]:
+                err.print(f"  {p}")
+            if len(res.stale) > 20:
+                err.print(f"  ... and {len(res.stale) - 20} more")
+        elif res.exit_code == 0:
+            err.print(f"{res.target} is up to date")
+    elif build is not None and not res.messages:
+        r = build.report
+        err.print(
+            f"wrote {res.target}: {len(r['changes'])} changes in {len(r['files']['changed'])} files,"
+            f" {len(r['findings'])} findings, {len(r['files']['skipped'])} skipped"
+        )
+    if res.smoke is not None:
+        err.print(f"smoke: {'[green]passed[/]' if res.smoke.passed else '[red]FAILED[/]'}"
+                  f" on {getattr(res.smoke, 'device_label', '')}")
+    raise SystemExit(res.exit_code)
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@source_option
+def diff(recipe: Path, sources: tuple[str, ...]) -> None:
+    """Print the unified diff RECIPE makes against the pristine upstream; write nothing."""
+    from porter.port import diff as run_diff, parse_overrides
+
+    text, build = run_diff(recipe, parse_overrides(sources))
+    sys.stdout.write(text)
+    for s in build.drift:
+        err.print(f"[yellow]drift:[/] step {s['index']} ({s['use']}) expected {s['expect']}, found {s['matched']}")
+    raise SystemExit(1 if build.drift else 0)
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+def validate(recipe: Path) -> None:
+    """Check RECIPE without fetching anything: schema, transform names, their parameters."""
+    from porter.recipe import load_recipe
+
+    loaded = load_recipe(recipe)
+    err.print(f"{recipe}: ok ({len(loaded.recipe.steps)} steps)")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def transforms(as_json: bool) -> None:
+    """List every transform, one line each."""
+    from porter.transforms import all_transforms
+
+    items = all_transforms()
+    if as_json:
+        click.echo(json.dumps([{"name": n, "safety": c.safety.value, "summary": c.summary()}
+                               for n, c in items.items()], indent=2))
+        return
+    width = max(map(len, items), default=0)
+    for name, cls in items.items():
+        click.echo(f"{name:<{width}}  {cls.safety.value:<15}  {cls.summary()}")
+
+
+@cli.command()
+@click.argument("name")
+def explain(name: str) -> None:
+    """Show a transform's documentation, parameters and examples."""
+    import difflib
+
+    from porter.errors import UsageError
+    from porter.transforms import all_transforms
+
+    items = all_transforms()
+    cls = items.get(name)
+    if cls is None:
+        close = difflib.get_close_matches(name, items, n=1)
+        raise UsageError(f"unknown transform {name!r}" + (f" (did you mean {close[0]!r}?)" if close else
+                                                         " (see `porter transforms`)"))
+    out = [f"{cls.name}  [safety: {cls.safety.value}]", "", textwrap.dedent(cls.__doc__ or "").strip(), ""]
+    out.append("Parameters:")
+    fields = cls.Params.model_fields
+    if not fields:
+        out.append("  (none)")
+    for fname, f in fields.items():
+        default = "required" if f.is_required() else f"default {f.get_default()!r}"
+        desc = f" - {f.description}" if f.description else ""
+        out.append(f"  {fname}: {getattr(f.annotation, '__name__', str(f.annotation))} ({default}){desc}")
+    out.append(f"Default files: {', '.join(cls.default_files)}")
+    out.append("")
+    out.append("Examples:")
+    for ex in cls.examples:
+        head = f"  [{ex.id}]" + (f" with {ex.params}" if ex.params else "") + (f" ({ex.path})" if ex.path != "example.py" else "")
+        out.append(head + (" -- left alone" if ex.after is None else ""))
+        if ex.note:
+            out.append(f"    {ex.note}")
+        out.append(textwrap.indent(ex.before.rstrip(), "    - " if ex.after is not None else "      "))
+        if ex.after is not None:
+            out.append(textwrap.indent(ex.after.rstrip(), "    + "))
+        out.append("")
+    click.echo("\n".join(out).rstrip())
+
+
+def _add_optional_commands() -> None:
+    """Commands whose modules are built separately (weights remapping, the NPU kernel list)."""
+    for module, attr, name in (
+        ("porter.weights", "remap", "remap"),
+        ("porter.npu.kernels", "npu_kernels", "npu-kernels"),
+    ):
+        try:
+            mod = __import__(module, fromlist=[attr])
+        except ImportError:
+            continue
+        cmd = getattr(mod, attr, None)
+        if isinstance(cmd, click.Command):
+            cli.add_command(cmd, name)
+
+
+_add_optional_commands()
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="porter", standalone_mode=False)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return 2
+    except PorterError as exc:
+        for line in str(exc).splitlines():
+            err.print(line, markup=False)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted; nothing half-written was left in place")
+        return 130
+    except Exception:  # a bug in porter: show it, exit 3 so it is not mistaken for a port result
+        err.print("porter: internal error (please report it with the traceback below)")
+        traceback.print_exc()
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

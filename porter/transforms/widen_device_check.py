@@ -1,0 +1,299 @@
+"""widen-device-check: device-type comparisons against "cuda" also admit "npu"."""
+
+from __future__ import annotations
+
+import ast
+import re
+
+import libcst as cst
+from pydantic import BaseModel, ConfigDict, Field
+
+from porter.transforms._base import Example, PythonTransform, Rewriter, Safety
+
+_CUDA = re.compile(r"^cuda(:\d+)?$")
+_COMPILE = re.compile(
+    r"torch\.compile|\bcompile\(|cuda\.graph|CUDAGraph|make_graphed_callables|capture_model|reduce-overhead"
+)
+
+
+def _value(node: cst.BaseExpression) -> str | None:
+    """The value of a plain string literal (not an f-string, not concatenated), else None."""
+    if isinstance(node, cst.SimpleString):
+        try:
+            value = ast.literal_eval(node.value)
+        except (ValueError, SyntaxError):
+            return None
+        return value if isinstance(value, str) else None
+    return None
+
+
+def _string_like(template: cst.SimpleString, value: str) -> cst.SimpleString:
+    """A string literal with `template`'s prefix and quote style."""
+    quote = template.quote
+    return cst.SimpleString(f"{template.prefix}{quote}{value}{quote}")
+
+
+class _Widen(Rewriter):
+    # Names are not resolved here (a device is any expression), so skip the costly scope analysis.
+    METADATA_DEPENDENCIES = ()
+
+    def _devices_for(self, cuda_value: str) -> list[str]:
+        suffix = cuda_value[len("cuda"):]  # "" or ":N"
+        return [f"{d}{suffix}" for d in self.params.devices]
+
+    def _tuple_of(self, literal: cst.SimpleString, values: list[str]) -> cst.Tuple:
+        items = [literal] + [_string_like(literal, v) for v in values]
+        return cst.Tuple(
+            elements=[cst.Element(v, comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+                      for v in items[:-1]] + [cst.Element(items[-1])],
+        )
+
+    def _gated(self, node: cst.CSTNode) -> bool:
+        """True when `node` sits in the test of a branch that guards compile or CUDA graphs.
+
+        Both shapes count: `if dev == "cuda": compile(...)` and the early exit
+        `if dev != "cuda": raise ...` followed by compile in the same block.
+        """
+        if not self.params.skip_compile_gates:
+            return False
+        child: cst.CSTNode = node
+        while True:
+            parent = self.parent(child)
+            if parent is None or isinstance(parent, (cst.FunctionDef, cst.ClassDef, cst.Module)):
+                return False
+            if isinstance(parent, (cst.If, cst.IfExp, cst.While)) and parent.test is child:
+                return self._guards_compile(parent)
+            child = parent
+
+    def _guards_compile(self, branch: cst.CSTNode) -> bool:
+        try:
+            from porter.transforms._gates import is_compile_gate
+        except ImportError:  # pragma: no cover - gates arrive with compile-bypass
+            is_compile_gate = None
+        if is_compile_gate is not None and is_compile_gate(branch):
+            return True
+        if isinstance(branch, cst.IfExp):
+            return bool(_COMPILE.search(self.code(branch.body) + self.code(branch.orelse)))
+        assert isinstance(branch, (cst.If, cst.While))
+        if _COMPILE.search(self.code(branch.body)):
+            return True
+        body = branch.body.body if isinstance(branch.body, cst.IndentedBlock) else ()
+        exits = bool(body) and isinstance(body[-1], cst.SimpleStatementLine) and isinstance(
+            body[-1].body[-1], (cst.Raise, cst.Return, cst.Continue, cst.Break))
+        if not exits:
+            return False
+        block = self.parent(branch)
+        siblings = list(getattr(block, "body", ()))
+        after = siblings[siblings.index(branch) + 1:] if branch in siblings else []
+        return any(_COMPILE.search(self.code(s)) for s in after)
+
+    def leave_Comparison(self, original: cst.Comparison, updated: cst.Comparison) -> cst.BaseExpression:
+        if len(updated.comparisons) != 1:
+            return updated
+        target = updated.comparisons[0]
+        op, left, right = target.operator, updated.left, target.comparator
+        lit_right, lit_left = _value(right), _value(left)
+
+        # x == "cuda" / "cuda" == x / x != "cuda"
+        if isinstance(op, (cst.Equal, cst.NotEqual)):
+            if lit_right is not None and lit_left is not None:
+                return updated  # two literals: not a device check
+            if lit_right is not None and _CUDA.match(lit_right):
+                subject, literal, value = left, right, lit_right
+            elif lit_left is not None and _CUDA.match(lit_left) and _value(right) is None:
+                subject, literal, value = right, left, lit_left
+            else:
+                return updated
+            if self._gated(original):
+                return updated
+            assert isinstance(literal, cst.SimpleString)
+            new_op: cst.BaseCompOp = (
+                cst.In(whitespace_before=op.whitespace_before, whitespace_after=op.whitespace_after)
+                if isinstance(op, cst.Equal)
+                else cst.NotIn(whitespace_before=op.whitespace_before, whitespace_after=op.whitespace_after)
+            )
+            result = updated.with_changes(
+                left=subject,
+                comparisons=[target.with_changes(operator=new_op,
+                                                 comparator=self._tuple_of(literal, self._devices_for(value)))],
+            )
+            return self.record(original, result, "device check: npu takes the CUDA branch")
+
+        # x in ("cuda", ...) / x not in [...]: add the npu spelling to the collection
+        if isinstance(op, (cst.In, cst.NotIn)) and isinstance(right, (cst.Tuple, cst.List, cst.Set)):
+            values = [_value(e.value) for e in right.elements]
+            cudas = [v for v in values if v is not None and _CUDA.match(v)]
+            missing = [d for v in cudas for d in self._devices_for(v) if d not in values]
+            if not cudas or not missing or self._gated(original):
+                return updated
+            literal = next(e.value for e in right.elements if _value(e.value) in cudas)
+            assert isinstance(literal, cst.SimpleString)
+            elements = list(right.elements)
+            last = elements[-1]
+            trailing = last.comma
+            elements[-1] = last.with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+            new = [cst.Element(_string_like(literal, d), comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+                   for d in missing]
+            new[-1] = new[-1].with_changes(comma=trailing)
+            result = updated.with_changes(
+                comparisons=[target.with_changes(comparator=right.with_changes(elements=elements + new))]
+            )
+            return self.record(original, result, "device check: npu is in the set of CUDA-like devices")
+
+        # "cuda" in str(d): substring test on a device string
+        if isinstance(op, cst.In) and lit_left is not None and _CUDA.match(lit_left):
+            if self._already_or(original) or self._gated(original):
+                return updated
+            assert isinstance(left, cst.SimpleString)
+            alternatives = [updated] + [
+                cst.Comparison(left=_string_like(left, d), comparisons=[target]) for d in self._devices_for(lit_left)
+            ]
+            expr: cst.BaseExpression = alternatives[0]
+            for alt in alternatives[1:]:
+                expr = cst.BooleanOperation(left=expr, operator=cst.Or(), right=alt)
+            result = expr.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
+            return self.record(original, result, "device check: a device string naming npu passes too")
+        return updated
+
+    def _already_or(self, node: cst.Comparison) -> bool:
+        parent = self.parent(node)
+        if not isinstance(parent, cst.BooleanOperation) or not isinstance(parent.operator, cst.Or):
+            return False
+        other = parent.right if parent.left is node else parent.left
+        while isinstance(other, cst.BooleanOperation):
+            other = other.right
+        return isinstance(other, cst.Comparison) and _value(other.left) in self._devices_for(_value(node.left) or "")
+
+    def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
+        # d.startswith("cuda") -> d.startswith(("cuda", "npu"))
+        func = updated.func
+        if not (isinstance(func, cst.Attribute) and func.attr.value == "startswith" and len(updated.args) == 1):
+            return updated
+        arg = updated.args[0]
+        value = _value(arg.value)
+        if value is None or not _CUDA.match(value) or arg.keyword is not None:
+            return updated
+        if self._gated(original):
+            return updated
+        assert isinstance(arg.value, cst.SimpleString)
+        result = updated.with_changes(
+            args=[arg.with_changes(value=self._tuple_of(arg.value, self._devices_for(value)))]
+        )
+        return self.record(original, result, "device check: a device string starting with npu passes too")
+
+    def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute) -> cst.BaseExpression:
+        # x.is_cuda -> x.device.type in ("cuda", "npu")  (x.is_npu does not exist on CUDA hosts)
+        if updated.attr.value != "is_cuda" or self._is_assign_target(original) or self._gated(original):
+            return updated
+        devices = ", ".join(f'"{d}"' for d in ["cuda", *self.params.devices])
+        result = cst.parse_expression(f"(_.device.type in ({devices}))").with_changes()
+        assert isinstance(result, cst.Comparison)
+        result = result.with_changes(
+            left=cst.Attribute(value=cst.Attribute(value=updated.value, attr=cst.Name("device")), attr=cst.Name("type"))
+        )
+        parent = self.parent(original)
+        if isinstance(parent, (cst.If, cst.While, cst.IfExp, cst.Assign, cst.Return)) or (
+            isinstance(parent, cst.UnaryOperation) and isinstance(parent.operator, cst.Not) and False
+        ):
+            result = result.with_changes(lpar=[], rpar=[])
+        return self.record(original, result, "tensor check: is_cuda also accepts npu tensors")
+
+    def _is_assign_target(self, node: cst.Attribute) -> bool:
+        parent = self.parent(node)
+        return isinstance(parent, (cst.AssignTarget, cst.AugAssign, cst.AnnAssign)) and getattr(parent, "target", None) is node
+
+
+class WidenDeviceCheck(PythonTransform):
+    """Widen comparisons of a device or device type against "cuda" so "npu" takes the same branch.
+
+    `d.type == "cuda"` becomes `d.type in ("cuda", "npu")`, `!=` becomes `not in`, a literal
+    collection gains "npu", `d.startswith("cuda")` takes a tuple, `"cuda" in str(d)` gains an `or`,
+    and `x.is_cuda` becomes `x.device.type in ("cuda", "npu")`. Behaviour on CUDA and CPU is
+    unchanged. This is not the one-way `cuda -> npu` swap of Ascend's GPU2Ascend tool: the ported
+    code keeps running on CUDA. Branches that guard torch.compile or CUDA graphs are left alone
+    (widening them would switch compile on for npu); compile-bypass handles those.
+    """
+
+    name = "widen-device-check"
+    safety = Safety.SAFE
+    prefilter = re.compile(r"""["']cuda(:\d+)?["']|is_cuda""")
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True)
+        devices: tuple[str, ...] = Field(("npu",), description="device types that take the CUDA branch")
+        skip_compile_gates: bool = Field(True, description="leave checks that guard torch.compile/CUDA graphs")
+
+    rewriter = _Widen
+    examples = [
+        Example(
+            id="eq",
+            before='import torch\n\ndef f(x):\n    return "sdpa" if x.device.type == "cuda" else "eager"\n',
+            after='import torch\n\ndef f(x):\n    return "sdpa" if x.device.type in ("cuda", "npu") else "eager"\n',
+        ),
+        Example(
+            id="ne-seed001-change-a",
+            before=(
+                "def batch(chunk_count, max_gb, resolved_device):\n"
+                '    if chunk_count <= 1 or max_gb <= 0 or resolved_device.type != "cuda":\n'
+                "        return 1\n"
+            ),
+            after=(
+                "def batch(chunk_count, max_gb, resolved_device):\n"
+                '    if chunk_count <= 1 or max_gb <= 0 or resolved_device.type not in ("cuda", "npu"):\n'
+                "        return 1\n"
+            ),
+        ),
+        Example(
+            id="single-quotes-reversed",
+            before="ok = 'cuda' == device\n",
+            after="ok = device in ('cuda', 'npu')\n",
+        ),
+        Example(id="indexed", before='same = str(dev) == "cuda:0"\n', after='same = str(dev) in ("cuda:0", "npu:0")\n'),
+        Example(
+            id="in-tuple",
+            before='if device_type in ("cuda", "mps"):\n    pass\n',
+            after='if device_type in ("cuda", "mps", "npu"):\n    pass\n',
+        ),
+        Example(
+            id="not-in-list-multiline-comment",
+            before='if dev.type not in [\n    "cuda",  # GPUs only\n    "xpu",\n]:\n    raise RuntimeError("no")\n',
+            after='if dev.type not in [\n    "cuda",  # GPUs only\n    "xpu", "npu",\n]:\n    raise RuntimeError("no")\n',
+        ),
+        Example(
+            id="startswith",
+            before='if str(device).startswith("cuda"):\n    pass\n',
+            after='if str(device).startswith(("cuda", "npu")):\n    pass\n',
+        ),
+        Example(
+            id="substring",
+            before='use_gpu = "cuda" in str(device)\n',
+            after='use_gpu = ("cuda" in str(device) or "npu" in str(device))\n',
+        ),
+        Example(
+            id="is-cuda",
+            before="def f(x):\n    if x.is_cuda:\n        return 1\n",
+            after='def f(x):\n    if x.device.type in ("cuda", "npu"):\n        return 1\n',
+        ),
+        Example(
+            id="multi-line-with-comment",
+            before='ok = (\n    device.type  # the device\n    == "cuda"\n)\n',
+            after='ok = (\n    device.type  # the device\n    in ("cuda", "npu")\n)\n',
+        ),
+        Example(id="other-device-left-alone", before='if x.device.type != "cpu":\n    pass\n'),
+        Example(id="already-widened", before='if x.device.type in ("cuda", "npu"):\n    pass\n'),
+        Example(id="not-a-device-string", before='if provider == "CUDAExecutionProvider":\n    pass\n'),
+        Example(id="f-string-left-alone", before='msg = f"{device} == cuda"\nok = f"cuda" == x\n'),
+        Example(id="docstring-and-comment", before='def f():\n    """Compare device.type == "cuda"."""\n    # x == "cuda"\n'),
+        Example(id="two-literals-left-alone", before='flag = "cuda" == "cuda"\n'),
+        Example(
+            id="compile-gate-left-alone",
+            note="widening this gate would switch torch.compile on for npu",
+            before=(
+                "import torch\n\n"
+                "def optimize(self):\n"
+                '    if self.device != "cuda":\n'
+                '        raise ValueError("compile needs CUDA")\n'
+                '    self.step = torch.compile(self.step, mode="reduce-overhead")\n'
+            ),
+        ),
+    ]
