@@ -1,0 +1,168 @@
+"""Smoke environments: one virtual environment per set of requirements, cached by their hash.
+
+Models pin different transformers versions, so a recipe's smoke test runs in a venv made with
+`--system-site-packages`: it sees the host's torch (CPU torch + torch_npu on Ascend, the CUDA
+build elsewhere), and the recipe's requirements, installed with pip into the venv, shadow the
+host's copies. pip is told, by a constraints file, to keep the host's torch and torch_npu
+exactly: a requirement that would replace them fails the install with pip's own message instead
+of pulling a multi-gigabyte wheel of the wrong build.
+
+The cache lives in `$PORTER_CACHE/smoke-envs/<key>/` (default `~/.cache/porter`); the key hashes
+the normalised requirements, the host interpreter and the host torch version, so a host upgrade
+makes a fresh environment. A marker file written last (`porter-env.json`) makes an environment
+count as ready; a half-built one (interrupted install) is removed and built again. An exclusive
+file lock per key lets parallel runs share one build.
+
+No requirements: the host interpreter itself, no venv.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+FORMAT = 1
+MARKER = "porter-env.json"
+
+
+@dataclass(frozen=True)
+class SmokeEnv:
+    """The interpreter a smoke test runs with, and how it came to be."""
+
+    python: str
+    venv: str | None  # None: the host interpreter
+    key: str | None
+    requires: tuple[str, ...]
+    created: bool  # False: reused from the cache (or the host interpreter)
+    seconds: float
+    error: str | None = None  # pip's complaint, tail only
+
+    def to_json(self) -> dict:
+        return {
+            "python": self.python,
+            "venv": self.venv,
+            "key": self.key,
+            "requires": list(self.requires),
+            "created": self.created,
+            "seconds": round(self.seconds, 3),
+            "error": self.error,
+        }
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PORTER_CACHE") or Path.home() / ".cache" / "porter").expanduser()
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def host_pins() -> dict[str, str]:
+    """Packages the smoke environment must take from the host, exactly."""
+    pins = {}
+    for dist in ("torch", "torch_npu"):
+        v = _version(dist)
+        if v:
+            pins[dist] = v
+    return pins
+
+
+def env_key(requires: tuple[str, ...] | list[str]) -> str:
+    blob = json.dumps(
+        {
+            "format": FORMAT,
+            "requires": sorted(" ".join(r.split()) for r in requires),
+            "python": sys.version,
+            "executable": os.path.realpath(sys.executable),
+            "pins": host_pins(),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _venv_python(venv: Path) -> Path:
+    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def ensure_env(requires: tuple[str, ...] | list[str], *, timeout_s: float = 1800.0, root: Path | None = None) -> SmokeEnv:
+    """The environment for `requires`: cached, or built now. Never raises for a failed install:
+    the result carries pip's error and the smoke run reports it as a failed check."""
+    requires = tuple(requires)
+    t0 = time.perf_counter()
+    if not requires:
+        return SmokeEnv(sys.executable, None, None, (), False, 0.0)
+    key = env_key(requires)
+    base = (root or cache_dir()) / "smoke-envs"
+    base.mkdir(parents=True, exist_ok=True)
+    venv = base / key
+    with open(base / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if (venv / MARKER).is_file() and _venv_python(venv).exists():
+                return SmokeEnv(str(_venv_python(venv)), str(venv), key, requires, False, time.perf_counter() - t0)
+            error = _build(venv, requires, timeout_s)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    seconds = time.perf_counter() - t0
+    if error is not None:
+        return SmokeEnv(sys.executable, None, key, requires, True, seconds, error)
+    return SmokeEnv(str(_venv_python(venv)), str(venv), key, requires, True, seconds)
+
+
+def _build(venv: Path, requires: tuple[str, ...], timeout_s: float) -> str | None:
+    if venv.exists():
+        shutil.rmtree(venv)  # half-built: no marker
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        (venv / "requirements.txt").write_text("\n".join(requires) + "\n")
+        pins = host_pins()
+        (venv / "constraints.txt").write_text("".join(f"{d}=={v}\n" for d, v in pins.items()))
+        # The host's pip drives the venv's interpreter (pip >= 22.3), so the venv needs no pip.
+        cmd = [
+            sys.executable, "-m", "pip", "--python", str(_venv_python(venv)), "install",
+            "--no-input", "--disable-pip-version-check",
+            "-r", str(venv / "requirements.txt"), "-c", str(venv / "constraints.txt"),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        (venv / "pip-install.log").write_text(proc.stdout + "\n" + proc.stderr)
+        if proc.returncode != 0:
+            tail = (proc.stderr.strip() or proc.stdout.strip())[-3000:]
+            shutil.rmtree(venv, ignore_errors=True)
+            return f"pip install {' '.join(requires)} failed (exit {proc.returncode}):\n{tail}"
+    except subprocess.TimeoutExpired as exc:
+        shutil.rmtree(venv, ignore_errors=True)
+        return f"creating the smoke environment timed out after {exc.timeout:.0f} s ({' '.join(map(str, exc.cmd[:6]))} ...)"
+    except (OSError, subprocess.CalledProcessError) as exc:
+        shutil.rmtree(venv, ignore_errors=True)
+        detail = getattr(exc, "stderr", "") or ""
+        return f"creating the smoke environment failed: {exc} {detail[-2000:]}"
+    marker = {
+        "format": FORMAT,
+        "requires": list(requires),
+        "pins": pins,
+        "host_python": sys.executable,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    tmp = venv / (MARKER + ".tmp")
+    tmp.write_text(json.dumps(marker, indent=1))
+    os.replace(tmp, venv / MARKER)
+    return None
