@@ -155,16 +155,28 @@ class Recipe(BaseModel):
     porter: Literal[1]
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     description: str = ""
-    source: Source | tuple[Source, ...]
+    source: tuple[Source, ...]
     package: Package = Package()
     device: Literal["auto", "npu", "npu-sim", "cuda", "cpu"] = "auto"
     steps: tuple[Step, ...]
     weights: _weights_model() | None = None  # type: ignore[valid-type]
     smoke: _smoke_model() | None = None  # type: ignore[valid-type]
 
+    @field_validator("source", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, dict) else v
+
+    @field_validator("source")
+    @classmethod
+    def _at_least_one(cls, v: tuple[Source, ...]) -> tuple[Source, ...]:
+        if not v:
+            raise ValueError("a recipe needs a source")
+        return v
+
     @property
     def sources(self) -> tuple[Source, ...]:
-        return self.source if isinstance(self.source, tuple) else (self.source,)
+        return self.source
 
 
 @dataclass(frozen=True)
@@ -254,6 +266,8 @@ def load_recipe(path: str | Path) -> LoadedRecipe:
     except ValidationError as exc:
         for e in exc.errors():
             loc = _clean_loc(tuple(e["loc"]))
+            if isinstance(data.get("source"), dict) and loc[:2] == ("source", 0):
+                loc = ("source",) + loc[2:]  # a single source is written as a mapping
             msg = e["msg"].removeprefix("Value error, ")
             if e["type"] == "extra_forbidden":
                 msg = _unknown_key(loc, data)

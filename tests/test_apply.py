@@ -1,0 +1,179 @@
+"""`porter apply`, `diff`, `--check` end to end on a local fixture tree (no network)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from porter.cli import main
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture()
+def work(tmp_path: Path) -> Path:
+    """A copy of the tinytts fixture and its recipe, so tests can damage it freely."""
+    shutil.copytree(FIXTURES / "tinytts", tmp_path / "tinytts")
+    shutil.copy(FIXTURES / "tinytts.yaml", tmp_path / "tinytts.yaml")
+    return tmp_path
+
+
+def run(*args: str) -> int:
+    return main(list(args))
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_apply_writes_package_diff_and_report(work: Path):
+    out = work / "out"
+    assert run("apply", str(work / "tinytts.yaml"), "--out", str(out), "--no-smoke") == 0
+    pkg = out / "tinytts"
+    patched = (pkg / "tinytts/model.py").read_text()
+    assert 'device.type in ("cuda", "npu")' in patched
+    assert 'resolved_device.type not in ("cuda", "npu")' in patched
+    assert 'x.device.type in ("cuda", "npu")' in patched
+    assert "_porter_mem_get_info(resolved_device)" in patched
+    assert 'mentions device.type == "cuda" and must stay' in patched  # docstring untouched
+    assert (pkg / "tinytts/util.py").read_bytes() == (work / "tinytts/tinytts/util.py").read_bytes()
+    compile(patched, "model.py", "exec")
+
+    diff = (pkg / "port.diff").read_text()
+    assert diff.startswith("--- a/tinytts/model.py\n+++ b/tinytts/model.py\n")
+    assert "+++ b/pyproject.toml" in diff  # the generated packaging file is part of the review
+
+    report = json.loads((pkg / "report.json").read_text())
+    assert [s["matched"] for s in report["steps"]] == [3, 1]
+    assert {c["transform"] for c in report["changes"]} == {"widen-device-check", "mem-get-info"}
+    lines = patched.splitlines()
+    for c in report["changes"]:
+        assert c["file"] == "tinytts/model.py" and c["reason"] and c["safety"] == "safe"
+        if c["kind"] == "rewrite":  # the line points at the rewritten code in the patched file
+            assert c["after"].splitlines()[0].strip() in lines[c["line"] - 1], c
+    assert set(report["inputs"]["sha256"]) == {"tinytts/__init__.py", "tinytts/model.py", "tinytts/util.py"}
+    assert report["sources"][0]["kind"] == "path"
+    assert len(report["recipe"]["sha256"]) == 64
+    md = (pkg / "report.md").read_text()
+    assert "| tinytts/model.py:" in md and "widen-device-check" in md
+
+
+def test_patched_behaviour_unchanged_on_cpu(work: Path):
+    """The port changes nothing for CPU users: the same calls give the same answers."""
+    out = work / "out"
+    assert run("apply", str(work / "tinytts.yaml"), "--out", str(out), "--no-smoke") == 0
+    probe = (
+        "import torch, tinytts\n"
+        "m = tinytts.TinyModel(); torch.manual_seed(0); x = torch.randn(2, 8)\n"
+        "print(tinytts.pick_attention(torch.device('cpu')), tinytts.voice_clone_batch_size(4, 1.0, torch.device('cpu')),"
+        " m.forward.__name__)\n"
+    )
+    results = []
+    for root in (work / "tinytts", out / "tinytts"):
+        proc = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(root)})
+        assert proc.returncode == 0, proc.stderr
+        results.append(proc.stdout)
+    assert results[0] == results[1] == "eager 1 forward\n"
+
+
+def test_rerun_is_byte_identical_and_check_detects_staleness(work: Path, capsys):
+    out = work / "out"
+    recipe = str(work / "tinytts.yaml")
+    assert run("apply", recipe, "--out", str(out), "--no-smoke") == 0
+    first = tree_bytes(out / "tinytts")
+    assert run("apply", recipe, "--out", str(out), "--no-smoke") == 0
+    assert tree_bytes(out / "tinytts") == first
+    assert run("apply", recipe, "--out", str(out), "--check") == 0
+    (out / "tinytts/tinytts/model.py").write_text("# edited by hand\n")
+    assert run("apply", recipe, "--out", str(out), "--check") == 1
+    assert "tinytts/model.py" in capsys.readouterr().err
+    assert (out / "tinytts/tinytts/model.py").read_text() == "# edited by hand\n"  # --check writes nothing
+
+
+def test_applying_to_patched_code_changes_nothing(work: Path):
+    out = work / "out"
+    recipe = work / "tinytts.yaml"
+    assert run("apply", str(recipe), "--out", str(out), "--no-smoke") == 0
+    text = recipe.read_text().replace("expect: 3", "expect: 0").replace("expect: 1", "expect: 0")
+    (work / "again.yaml").write_text(text)
+    assert run("apply", str(work / "again.yaml"), "--source", str(out / "tinytts"),
+               "--out", str(work / "out2"), "--no-smoke") == 0
+    report = json.loads((work / "out2/tinytts/report.json").read_text())
+    assert report["changes"] == [] and report["files"]["changed"] == []
+    assert report["sources"][0]["kind"] == "override"
+
+
+def test_diff_prints_and_writes_nothing(work: Path, capsys, monkeypatch):
+    monkeypatch.chdir(work)
+    assert run("diff", "tinytts.yaml") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("--- a/tinytts/model.py")
+    assert '+    return "sdpa" if device.type in ("cuda", "npu") else "eager"' in out
+    assert not (work / "patched_models").exists()
+
+
+def test_drift_exits_1_naming_step_and_counts(work: Path, capsys):
+    recipe = work / "tinytts.yaml"
+    recipe.write_text(recipe.read_text().replace("expect: 3", "expect: 4"))
+    out = work / "out"
+    assert run("apply", str(recipe), "--out", str(out), "--no-smoke") == 1
+    err = capsys.readouterr().err
+    assert "step 1 (widen-device-check) expected 4 matches and found 3" in err
+    assert not out.exists()
+
+
+def test_unreadable_files_are_copied_and_reported(work: Path):
+    pkg = work / "tinytts/tinytts"
+    (pkg / "broken.py").write_text('if device == "cuda"\n    pass\n')  # syntax error
+    (pkg / "latin1.py").write_bytes('x = "cuda"  # caf\xe9\n'.encode("latin-1"))
+    outside = work / "secret.txt"
+    outside.write_text("do not copy")
+    os.symlink(outside, pkg / "link.txt")
+    out = work / "out"
+    assert run("apply", str(work / "tinytts.yaml"), "--out", str(out), "--no-smoke") == 0
+    pkg_out = out / "tinytts/tinytts"
+    assert (pkg_out / "broken.py").read_bytes() == (pkg / "broken.py").read_bytes()
+    assert (pkg_out / "latin1.py").read_bytes() == (pkg / "latin1.py").read_bytes()
+    assert not (pkg_out / "link.txt").exists()
+    skipped = {s["path"]: s["reason"] for s in json.loads((out / "tinytts/report.json").read_text())["files"]["skipped"]}
+    assert "does not parse" in skipped["tinytts/broken.py"]
+    assert "not UTF-8" in skipped["tinytts/latin1.py"]
+    assert "symbolic link" in skipped["tinytts/link.txt"]
+
+
+def test_failed_run_leaves_previous_output_intact(work: Path):
+    out = work / "out"
+    recipe = work / "tinytts.yaml"
+    assert run("apply", str(recipe), "--out", str(out), "--no-smoke") == 0
+    before = tree_bytes(out / "tinytts")
+    recipe.write_text(recipe.read_text().replace("expect: 1", "expect: 2"))
+    assert run("apply", str(recipe), "--out", str(out), "--no-smoke") == 1
+    assert tree_bytes(out / "tinytts") == before
+    assert [p.name for p in out.iterdir()] == ["tinytts"]  # no temporary directories left
+
+
+def test_source_override_unknown_id_is_a_usage_error(work: Path, capsys):
+    assert run("apply", str(work / "tinytts.yaml"), "--source", f"nope={work}", "--no-smoke") == 2
+    assert "no source with that id" in capsys.readouterr().err
+
+
+def test_generated_package_installs_under_upstream_name(work: Path):
+    out = work / "out"
+    assert run("apply", str(work / "tinytts.yaml"), "--out", str(out), "--no-smoke") == 0
+    target = work / "site"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--target", str(target), str(out / "tinytts")],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "_porter_mem_get_info" in (target / "tinytts/model.py").read_text()
+    dist = [p.name for p in target.glob("tinytts-*.dist-info")]
+    assert dist == ["tinytts-0.1+npu.dist-info"]
