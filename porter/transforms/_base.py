@@ -359,6 +359,23 @@ class Rewriter(m.MatcherDecoratableTransformer):
             )
         return updated
 
+    def record_lines(self, first_line: int, before: str, after: str, reason: str,
+                     safety: Safety | None = None) -> None:
+        """Record a change given as lines (for rewrites made on text inside a node)."""
+        self.changes.append(
+            Change(
+                file=self.ctx.path,
+                line=first_line,
+                end_line=first_line + max(0, before.count("\n")),
+                transform=self.transform.name,
+                before=before.strip(),
+                after=after.strip(),
+                safety=safety or self.transform.safety,
+                reason=reason,
+                step=self.ctx.step,
+            )
+        )
+
     def find(self, node: cst.CSTNode, category: str, reason: str) -> None:
         start, _ = self.line_of(node)
         self.findings.append(
