@@ -14,6 +14,7 @@ from porter.errors import PortProblem, UsageError
 from porter.recipe import LoadedRecipe, load_recipe
 from porter.report import build_report, render_markdown
 from porter.rewrite import RewriteResult, StepPlan, rewrite_tree
+from porter.scan import scan_tree
 from porter.source import SourceTree, fetch_tree
 
 DEFAULT_OUT = Path("patched_models")
@@ -64,13 +65,42 @@ def build_port(loaded: LoadedRecipe, overrides: dict[str | None, Path], jobs: in
         ids = ", ".join(s.id for s in loaded.recipe.sources if s.id) or "(the recipe's sources have no id)"
         raise UsageError(f"--source {unknown[0]}=...: the recipe has no source with that id (ids: {ids})")
     tree = fetch_tree(loaded.recipe.sources, loaded.path.parent, overrides)
-    result = rewrite_tree(tree.files, plan(loaded), jobs=jobs)
+    steps = plan(loaded)
+    result = rewrite_tree(tree.files, steps, jobs=jobs)
     emitted = emit.build(loaded, tree, result)
     extra: dict[str, Any] = {}
     if loaded.recipe.weights is not None:
         extra["weights"] = _dump(loaded.recipe.weights)
-    report = build_report(loaded, tree, result, emitted.generated, extra)
+    report = build_report(loaded, tree, result, emitted.generated, extra, _scan(loaded, tree, result, steps))
     return PortBuild(loaded, tree, result, emitted, report)
+
+
+def _scan(loaded: LoadedRecipe, tree: SourceTree, result: RewriteResult, steps: tuple[StepPlan, ...]) -> list:
+    """CUDA-specific sites left in the patched tree (files the recipe's scan: globs select)."""
+    spec = loaded.recipe.scan
+    selector = StepPlan(index=0, transform=loaded.transforms[0] if loaded.transforms else None,  # type: ignore[arg-type]
+                        files=spec.files, exclude=spec.exclude)
+    patched = {f.path: f.text for f in result.files if f.status == "changed"}
+    unreadable = {f.path for f in result.files if f.status in ("skipped", "failed")}
+
+    def texts():
+        for path in sorted(tree.files):
+            if not path.endswith(".py") or path in unreadable or not selector.wants(path):
+                continue
+            text = patched.get(path)
+            if text is None:
+                try:
+                    text = tree.files[path].read_text(encoding="utf-8")
+                except (UnicodeDecodeError, OSError):
+                    continue
+            yield path, text
+
+    return scan_tree(
+        texts(),
+        covered=lambda p: any(s.wants(p) for s in steps),
+        steps_used={t.name for t in loaded.transforms},
+        already={(f.file, f.line) for f in result.findings},
+    )
 
 
 def _dump(model: Any) -> Any:

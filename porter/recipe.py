@@ -133,6 +133,22 @@ class Package(BaseModel):
     dependencies: tuple[str, ...] = ()
 
 
+class Scan(BaseModel):
+    """Where to look for CUDA-specific code left after the steps (the report's findings)."""
+
+    model_config = _FROZEN
+
+    files: tuple[str, ...] = ("**/*.py",)
+    exclude: tuple[str, ...] = ()
+
+    @field_validator("files", "exclude")
+    @classmethod
+    def _globs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for g in v:
+            _relative(g, "a scan glob")
+        return v
+
+
 def _weights_model() -> Any:
     try:
         from porter.weights import WeightsSpec  # type: ignore[attr-defined]
@@ -159,6 +175,7 @@ class Recipe(BaseModel):
     package: Package = Package()
     device: Literal["auto", "npu", "npu-sim", "cuda", "cpu"] = "auto"
     steps: tuple[Step, ...]
+    scan: Scan = Scan()
     weights: _weights_model() | None = None  # type: ignore[valid-type]
     smoke: _smoke_model() | None = None  # type: ignore[valid-type]
 

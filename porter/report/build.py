@@ -26,6 +26,7 @@ def build_report(
     result: RewriteResult,
     generated: dict[str, str],
     extra: dict[str, Any] | None = None,
+    scan_findings: list[Any] | None = None,
 ) -> dict[str, Any]:
     recipe = loaded.recipe
     inputs = {rel: sha256_file(p) for rel, p in sorted(tree.files.items())}
@@ -47,7 +48,7 @@ def build_report(
             "reason": step.reason,
         })
     changes = sorted(result.changes, key=lambda c: (c.file, c.line, c.step or 0))
-    findings = sorted(result.findings, key=lambda f: (f.file, f.line, f.step or 0))
+    findings = sorted([*result.findings, *(scan_findings or [])], key=lambda f: (f.file, f.line, f.step or 0))
     report: dict[str, Any] = {
         "schema": SCHEMA,
         "porter_version": __version__,

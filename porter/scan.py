@@ -1,0 +1,254 @@
+"""After the steps: find every CUDA-specific construct still in the patched tree, and say why.
+
+The scanner knows the constructs the transforms handle (device comparisons with "cuda",
+torch.cuda calls, flash-attention, compile and CUDA graphs, autocast, hard-coded devices) and
+CUDA-only imports (flash_attn, triton, apex, xformers, deepspeed, grouped_gemm, nccl). Each one
+still present becomes a finding with the file, the line, a category and why it was left:
+outside the recipe's files, no step handles that category, a transform left it for a decision,
+or it is harmless where it is (guarding compile, inside a helper porter wrote). It reads with
+`ast`, which is fast enough for whole trees such as transformers.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+from porter.transforms import Finding
+
+PREFILTER = re.compile(
+    r"cuda|flash_attn|flash_attention|compile|CUDAGraph|triton|apex|xformers|deepspeed|grouped_gemm|nccl|autocast"
+)
+CUDA_ONLY_MODULES = ("flash_attn", "triton", "apex", "xformers", "deepspeed", "grouped_gemm", "nccl", "cupy",
+                     "pynvml", "bitsandbytes", "vllm", "mamba_ssm", "causal_conv1d")
+_CUDA = re.compile(r"^cuda(:\d+)?$")
+_COMPILE = re.compile(r"torch\.compile|CUDAGraph|cuda\.graph|capture_model|make_graphed_callables|reduce-overhead")
+_DEVICE_KWARGS = {"device", "map_location", "device_map", "device_type", "default_device"}
+
+# Which transforms handle which category (a category no step of the recipe uses is "unhandled").
+HANDLED_BY = {
+    "device-comparison": ("widen-device-check",),
+    "cuda-api": ("cuda-api",),
+    "flash-attention": ("attention-fallback", "config-edit"),
+    "compile": ("compile-bypass",),
+    "autocast": ("autocast-device",),
+    "hardcoded-device": ("hardcoded-device",),
+    "cuda-only-import": ("attention-fallback",),
+}
+
+
+@dataclass(frozen=True)
+class Site:
+    line: int
+    category: str
+    what: str
+    in_helper: bool = False
+    compile_gate: bool = False
+
+
+def _dotted(node: ast.AST) -> str | None:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+        return ".".join(reversed(parts))
+    return None
+
+
+class _Visitor(ast.NodeVisitor):
+    def __init__(self) -> None:
+        self.sites: list[Site] = []
+        self.aliases: dict[str, str] = {}  # local name -> qualified name (from imports)
+        self.helper_depth = 0
+        self.gate_lines: set[int] = set()
+
+    def qualify(self, node: ast.AST) -> str | None:
+        name = _dotted(node)
+        if name is None:
+            return None
+        head, _, rest = name.partition(".")
+        base = self.aliases.get(head)
+        return (base + ("." + rest if rest else "")) if base else None
+
+    def add(self, node: ast.AST, category: str, what: str) -> None:
+        line = getattr(node, "lineno", 0)
+        self.sites.append(Site(line, category, what, self.helper_depth > 0, line in self.gate_lines))
+
+    # imports
+    def visit_Import(self, node: ast.Import) -> None:
+        for a in node.names:
+            self.aliases[(a.asname or a.name).split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+            if a.name.split(".")[0] in CUDA_ONLY_MODULES:
+                self.add(node, "cuda-only-import" if not a.name.startswith("flash_attn") else "flash-attention",
+                         f"import {a.name}")
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        mod = node.module or ""
+        for a in node.names:
+            self.aliases[a.asname or a.name] = f"{mod}.{a.name}"
+        if mod.split(".")[0] in CUDA_ONLY_MODULES:
+            self.add(node, "flash-attention" if mod.startswith("flash_attn") else "cuda-only-import",
+                     f"from {mod} import ...")
+
+    # scopes
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        helper = node.name.startswith("_porter_")
+        self.helper_depth += helper
+        for d in node.args.defaults + node.args.kw_defaults:
+            if isinstance(d, ast.Constant) and isinstance(d.value, str) and _CUDA.match(d.value):
+                self.add(d, "hardcoded-device", f'default "{d.value}"')
+        self.generic_visit(node)
+        self.helper_depth -= helper
+
+    visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
+
+    def visit_If(self, node: ast.If) -> None:
+        if _COMPILE.search(ast.unparse(node)):
+            self._gate(node)
+        self.generic_visit(node)
+
+    def generic_visit(self, node: ast.AST) -> None:
+        # The early-exit gate: `if dev != "cuda": raise ...` followed by compile in the same block.
+        body = getattr(node, "body", None)
+        if isinstance(body, list):
+            for i, stmt in enumerate(body):
+                if isinstance(stmt, ast.If) and stmt.body and isinstance(
+                        stmt.body[-1], (ast.Raise, ast.Return, ast.Continue, ast.Break)):
+                    if any(_COMPILE.search(ast.unparse(later)) for later in body[i + 1:]):
+                        self._gate(stmt)
+        super().generic_visit(node)
+
+    def _gate(self, node: ast.If) -> None:
+        self.gate_lines.update(range(node.lineno, (node.test.end_lineno or node.lineno) + 1))
+
+    # expressions
+    def visit_Compare(self, node: ast.Compare) -> None:
+        parts = [node.left, *node.comparators]
+        for op, right in zip(node.ops, node.comparators):
+            left = parts[parts.index(right) - 1]
+            for a, b in ((left, right), (right, left)):
+                if isinstance(a, ast.Constant) and isinstance(a.value, str) and _CUDA.match(a.value):
+                    if isinstance(op, (ast.Eq, ast.NotEq)) and not isinstance(b, ast.Constant):
+                        self.add(node, "device-comparison", ast.unparse(node)[:120])
+                    elif isinstance(op, (ast.In, ast.NotIn)) and a is left:
+                        if not _mentions_npu(right):
+                            self.add(node, "device-comparison", ast.unparse(node)[:120])
+            if isinstance(op, (ast.In, ast.NotIn)) and isinstance(right, (ast.Tuple, ast.List, ast.Set)):
+                values = [e.value for e in right.elts if isinstance(e, ast.Constant)]
+                if any(isinstance(v, str) and _CUDA.match(v) for v in values) and "npu" not in values:
+                    self.add(node, "device-comparison", ast.unparse(node)[:120])
+        self.generic_visit(node)
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        if node.attr == "is_cuda":
+            self.add(node, "device-comparison", ast.unparse(node)[:120])
+        self.generic_visit(node)
+
+    def visit_Call(self, node: ast.Call) -> None:
+        q = self.qualify(node.func) or ""
+        text = _dotted(node.func) or ""
+        if q.startswith("torch.cuda.") or q.startswith("torch.backends.cuda."):
+            name = q.split(".")[-1]
+            if name in ("graph", "CUDAGraph", "make_graphed_callables", "graphs"):
+                self.add(node, "compile", f"{q}(...)")
+            elif name in ("sdp_kernel", "sdpa_kernel", "enable_flash_sdp"):
+                self.add(node, "flash-attention", f"{q}(...)")
+            elif name in ("autocast",):
+                self.add(node, "autocast", f"{q}(...)")
+            elif name == "is_available":
+                self.add(node, "cuda-api", f"{q}()")
+            else:
+                self.add(node, "cuda-api", f"{q}(...)")
+        elif q == "torch.compile" or text.endswith(".compile") and q.startswith("torch"):
+            self.add(node, "compile", "torch.compile(...)")
+        elif q in ("torch.autocast", "torch.amp.autocast", "torch.cuda.amp.autocast"):
+            if any(_is_cuda_literal(a) for a in node.args[:1]) or any(
+                    k.arg == "device_type" and _is_cuda_literal(k.value) for k in node.keywords):
+                self.add(node, "autocast", ast.unparse(node)[:120])
+        elif isinstance(node.func, ast.Attribute) and node.func.attr == "cuda" and not node.args:
+            self.add(node, "hardcoded-device", ast.unparse(node)[:120])
+        for k in node.keywords:
+            if k.arg in _DEVICE_KWARGS and _is_cuda_literal(k.value) and q not in (
+                    "torch.autocast", "torch.amp.autocast"):
+                self.add(k.value, "hardcoded-device", f'{k.arg}="{k.value.value}"')  # type: ignore[attr-defined]
+            if k.arg == "mode" and isinstance(k.value, ast.Constant) and k.value.value in (
+                    "reduce-overhead", "max-autotune"):
+                self.add(node, "compile", f'mode="{k.value.value}"')
+            if isinstance(k.value, ast.Constant) and k.value.value == "nccl":
+                self.add(node, "cuda-only-import", 'backend="nccl"')
+            if k.arg in ("attn_implementation", "_attn_implementation") and isinstance(k.value, ast.Constant) \
+                    and k.value.value == "flash_attention_2":
+                self.add(node, "flash-attention", f'{k.arg}="flash_attention_2"')
+        if q in ("torch.device",) and node.args and _is_cuda_literal(node.args[0]):
+            self.add(node, "hardcoded-device", ast.unparse(node)[:120])
+        self.generic_visit(node)
+
+
+def _is_cuda_literal(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and isinstance(node.value, str) and bool(_CUDA.match(node.value))
+
+
+def _mentions_npu(node: ast.AST) -> bool:
+    return any(isinstance(n, ast.Constant) and n.value == "npu" for n in ast.walk(node))
+
+
+def scan_source(text: str) -> list[Site]:
+    if not PREFILTER.search(text):
+        return []
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return []
+    v = _Visitor()
+    v.visit(tree)
+    seen, out = set(), []
+    for s in sorted(v.sites, key=lambda s: (s.line, s.category)):
+        if (s.line, s.category) not in seen:
+            seen.add((s.line, s.category))
+            out.append(s)
+    return out
+
+
+def classify(path: str, site: Site, covered: bool, steps_used: set[str]) -> str | None:
+    """Why a site was left; None when it is porter's own code and not worth a line."""
+    if site.in_helper:
+        return None
+    if not covered:
+        return "outside the recipe's files"
+    if site.category == "device-comparison" and site.compile_gate:
+        return "harmless: guards torch.compile or CUDA graphs, which stay off on npu"
+    if site.category == "cuda-api" and site.what.endswith("is_available()"):
+        return "harmless: False on npu, so CUDA-only work is skipped there (check the else branch runs on npu)"
+    handlers = HANDLED_BY.get(site.category, ())
+    if site.category == "cuda-api":
+        handlers = ("mem-get-info",) if "mem_get_info" in site.what else ("cuda-api",)
+    if not any(h in steps_used for h in handlers):
+        return f"needs a decision: no step of the recipe handles {site.category}" + (
+            f" (see {', '.join(handlers)})" if handlers else "")
+    return f"needs a decision: {'/'.join(h for h in handlers if h in steps_used)} left it unchanged"
+
+
+def scan_tree(
+    texts: Iterable[tuple[str, str]],
+    covered: callable,  # type: ignore[valid-type]
+    steps_used: set[str],
+    already: set[tuple[str, int]],
+) -> list[Finding]:
+    """Findings for every CUDA-specific site left in (path, text) pairs of the patched tree."""
+    out: list[Finding] = []
+    for path, text in texts:
+        lines = text.splitlines()
+        for site in scan_source(text):
+            if (path, site.line) in already:
+                continue  # a transform already reported this site with its own reason
+            reason = classify(path, site, covered(path), steps_used)
+            if reason is None:
+                continue
+            code = lines[site.line - 1].strip()[:160] if 0 < site.line <= len(lines) else site.what
+            out.append(Finding(file=path, line=site.line, category=site.category, reason=reason,
+                               code=code, transform="scan"))
+    return out

@@ -1,0 +1,85 @@
+"""The residual scan: every CUDA-specific construct left after the steps is listed with why."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from porter.cli import main
+from porter.scan import scan_source
+
+CODE = '''\
+import torch as t
+import triton
+from flash_attn import flash_attn_func
+from torch.backends.cuda import sdp_kernel
+
+def load(path, device="cuda"):
+    """device == "cuda" in a docstring is not code."""
+    # x.device.type == "cuda" in a comment is not code
+    sd = t.load(path, map_location="cuda:0")
+    model = Model().cuda()
+    if device != "cuda":
+        raise ValueError("compile needs CUDA")
+    model = t.compile(model, mode="reduce-overhead")
+    with t.autocast("cuda", dtype=t.bfloat16):
+        t.cuda.synchronize()
+    with sdp_kernel(enable_flash=False):
+        pass
+    free, _ = t.cuda.mem_get_info()
+    ok = x.is_cuda or "cuda" in ("cuda", "mps")
+    return t.device("cuda"), f"{device} is cuda"
+
+def _porter_helper():
+    return t.cuda.mem_get_info()
+'''
+
+
+def test_scan_finds_every_category_and_nothing_in_text():
+    sites = {(s.line, s.category) for s in scan_source(CODE)}
+    assert sites == {
+        (2, "cuda-only-import"),
+        (3, "flash-attention"),
+        (6, "hardcoded-device"),
+        (9, "hardcoded-device"),
+        (10, "hardcoded-device"),
+        (11, "device-comparison"),
+        (13, "compile"),
+        (14, "autocast"),
+        (15, "cuda-api"),
+        (16, "flash-attention"),
+        (18, "cuda-api"),
+        (19, "device-comparison"),
+        (20, "hardcoded-device"),
+        (23, "cuda-api"),
+    }
+    helper = [s for s in scan_source(CODE) if s.line == 23]
+    assert helper[0].in_helper
+    gate = [s for s in scan_source(CODE) if s.line == 11]
+    assert gate[0].compile_gate
+
+
+def test_report_lists_what_is_left_with_reasons(tmp_path):
+    src = tmp_path / "src"
+    (src / "pkg").mkdir(parents=True)
+    (src / "pkg/model.py").write_text(CODE)
+    (src / "pkg/train.py").write_text('import torch\ntorch.cuda.synchronize()\n')
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "porter: 1\nname: s\nsource: {path: src}\nsteps:\n"
+        "  - use: mem-get-info\n    files: ['pkg/model.py']\n"
+    )
+    assert main(["apply", str(recipe), "--out", str(tmp_path / "out"), "--no-smoke"]) == 0
+    report = json.loads((tmp_path / "out/s/report.json").read_text())
+    findings = {(f["file"], f["line"]): f for f in report["findings"]}
+    assert findings[("pkg/train.py", 2)]["reason"] == "outside the recipe's files"
+    by_cat = {f["category"]: f["reason"] for f in report["findings"] if f["file"] == "pkg/model.py"}
+    assert by_cat["compile"].startswith("needs a decision: no step of the recipe handles compile")
+    gate = [f for f in report["findings"] if f["code"] == 'if device != "cuda":']
+    assert len(gate) == 1 and "guards torch.compile" in gate[0]["reason"]
+    patched = (tmp_path / "out/s/pkg/model.py").read_text().splitlines()
+    assert patched[gate[0]["line"] - 1].strip() == 'if device != "cuda":'  # lines are in the patched file
+    assert not any(f["category"] == "cuda-api" and "mem_get_info" in f["code"] for f in report["findings"])
+    md = (tmp_path / "out/s/report.md").read_text()
+    assert "| pkg/train.py:2 | cuda-api |" in md
