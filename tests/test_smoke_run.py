@@ -7,6 +7,7 @@ porter's fake vocoder), so the tests also see that the script imported it from t
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -106,13 +107,24 @@ def test_violated_threshold_reports_the_numbers(tmp_path):
 
 
 def test_timeout_is_a_failed_smoke_with_the_phase(tmp_path):
-    result, _ = smoke(tmp_path, "plain.py", inputs={"sleep_in": "generate", "sleep_s": 120}, timeout_s=6)
+    result, out = smoke(tmp_path, "plain.py", inputs={"sleep_in": "build", "sleep_s": 120}, timeout_s=8)
     assert not result.passed
+    request = str(out / "smoke-request.json")
+    alive = [p for p in Path("/proc").glob("[0-9]*/cmdline") if request in _read_cmdline(p)]
+    assert not alive, "the timed-out smoke process is still running"
     [f] = result.failures
-    assert f.check == "timeout" and f.threshold == 6
-    assert result.error.stage == "timeout" and result.error.phase == "generate"
-    assert "'generate'" in f.message
+    assert f.check == "timeout" and f.threshold == 8
+    # normally stuck in build; on a loaded machine it may still be importing torch
+    assert result.error.stage == "timeout" and result.error.phase in ("setup-device", "import-script", "build")
+    assert repr(result.error.phase) in f.message
     assert result.perf.wall_s < 30
+
+
+def _read_cmdline(p: Path) -> str:
+    try:
+        return p.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def test_hard_crash_reports_stderr_tail(tmp_path):
@@ -167,3 +179,27 @@ def test_markdown_links_relative_to_the_report(tmp_path):
     result, out = smoke(tmp_path, "plain.py", run=["generate"])
     md = result.to_markdown(relative_to=tmp_path)
     assert "](out/smoke.png)" in md and "](out/smoke.wav)" in md
+
+
+def test_compare_runs_patched_vs_unpatched_on_cpu(tmp_path):
+    """Issue 5's 'the port changes nothing on CPU', done with two smoke runs' saved outputs."""
+    from porter.smoke import compare_runs
+
+    same, changed = tmp_path / "same", tmp_path / "changed"
+    for root, edit in ((same, None), (changed, ("770.0", "771.0"))):
+        shutil.copytree(PKG, root)
+        if edit:
+            f = root / "tiny_vocoder" / "__init__.py"
+            f.write_text(f.read_text().replace(*edit))
+    runs = {}
+    for name, root in (("upstream", PKG), ("same", same), ("changed", changed)):
+        result, out = smoke(tmp_path / name, "plain.py", package_root=root)
+        assert result.passed, result.summary()
+        runs[name] = out
+    ok = compare_runs(runs["same"], runs["upstream"], a_label="patched", b_label="upstream")
+    assert ok.passed and ok.device == "cpu"
+    assert {o.name for o in ok.outputs} == {"head", "ids", "encoder", "audio.waveform"}
+    bad = compare_runs(runs["changed"], runs["upstream"], a_label="patched", b_label="upstream")
+    assert not bad.passed
+    assert [(f.check, f.output) for f in bad.failures] == [("max_abs_diff_max", "audio.waveform")]
+    assert "patched vs upstream" in bad.failures[0].message and "DIFFERENT" in bad.to_markdown()

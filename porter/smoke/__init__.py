@@ -24,6 +24,8 @@ _EXPORTS = {
     "FailedCheck": "porter.smoke.result",
     "Audio": "porter.smoke.protocol",
     "SmokeContext": "porter.smoke.protocol",
+    "compare_runs": "porter.smoke.compare",
+    "RunComparison": "porter.smoke.compare",
 }
 
 __all__ = sorted(_EXPORTS)

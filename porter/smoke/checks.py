@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from porter.smoke.result import AudioFigures, FailedCheck, OutputFigures, device_label
-from porter.smoke.spec import SmokeSpec
+from porter.smoke.spec import SmokeSpec, Thresholds
 
 # (measured key, threshold field, "min"/"max", how to print a value)
 _NUMERIC = (
@@ -20,38 +20,59 @@ _NUMERIC = (
 def judge_outputs(
     spec: SmokeSpec, measured: dict[str, Any], kind: str, dtype: str
 ) -> tuple[tuple[OutputFigures, ...], list[FailedCheck]]:
+    """Target device against the cpu float32 reference, with the spec's thresholds."""
+    return judge_pairs(
+        measured,
+        spec.thresholds_for,
+        required=tuple(spec.outputs),
+        target=kind,
+        reference="the cpu float32 reference",
+        vs=f"{kind} {dtype} vs cpu float32",
+        device=kind,
+    )
+
+
+def judge_pairs(
+    measured: dict[str, Any],
+    thresholds_for: Callable[[str], Thresholds],
+    *,
+    required: tuple[str, ...] = (),
+    target: str,
+    reference: str,
+    vs: str,
+    device: str,
+) -> tuple[tuple[OutputFigures, ...], list[FailedCheck]]:
+    """Measured pairs (porter.smoke.metrics.compare) against thresholds. `target`/`reference`
+    name the two sides in messages; `device` is the device the target figures came from."""
     figures: list[OutputFigures] = []
     failures: list[FailedCheck] = []
-    vs = f"{kind} {dtype} vs cpu float32"
 
-    def fail(check: str, output: str, value: Any, threshold: Any, message: str, device: str = kind) -> None:
-        failures.append(FailedCheck(check, output, value, threshold, device, message))
+    def fail(check: str, output: str, value: Any, threshold: Any, message: str, dev: str = device) -> None:
+        failures.append(FailedCheck(check, output, value, threshold, dev, message))
 
     for name, m in measured.items():
         before = len(failures)
         if "missing_in" in m:
-            where = m["missing_in"]
-            fail("missing-output", name, None, None,
-                 f"output {name!r} exists on the {'cpu reference' if where == 'target' else kind} but not on the "
-                 f"{kind if where == 'target' else 'cpu reference'}", device=kind)
+            missing, present = (target, reference) if m["missing_in"] == "target" else (reference, target)
+            fail("missing-output", name, None, None, f"output {name!r} exists on {present} but not on {missing}")
             continue
         if m["shape"] != m["reference_shape"]:
             fail("shape", name, "×".join(map(str, m["shape"])), "×".join(map(str, m["reference_shape"])),
-                 f"output {name!r} has shape {m['shape']} on {kind} but {m['reference_shape']} on the cpu reference")
+                 f"output {name!r} has shape {m['shape']} on {target} but {m['reference_shape']} on {reference}")
         n = m["numel"]
         if m["nan"] or m["inf"]:
             fail("finite", name, m["nan"] + m["inf"], 0,
-                 f"output {name!r} on {kind} contains {m['nan']} NaN and {m['inf']} Inf of {n} values")
+                 f"output {name!r} on {target} contains {m['nan']} NaN and {m['inf']} Inf of {n} values")
         if m["reference_nan"] or m["reference_inf"]:
             fail("finite-reference", name, m["reference_nan"] + m["reference_inf"], 0,
-                 f"output {name!r} on the cpu float32 reference contains {m['reference_nan']} NaN and "
-                 f"{m['reference_inf']} Inf of {n} values (the model itself, not the port)", device="cpu")
+                 f"output {name!r} on {reference} contains {m['reference_nan']} NaN and "
+                 f"{m['reference_inf']} Inf of {n} values (the model itself, not the port)", dev="cpu")
         if m.get("mismatched") is not None and m["mismatched"]:
             fail("exact", name, m["mismatched"], 0,
-                 f"integer output {name!r}: {m['mismatched']} of {n} values differ between {kind} and the cpu reference")
+                 f"integer output {name!r}: {m['mismatched']} of {n} values differ between {target} and {reference}")
         finite = not (m["nan"] or m["inf"] or m["reference_nan"] or m["reference_inf"])
         if m.get("floating") and finite and "cosine" in m:
-            th = spec.thresholds_for(name)
+            th = thresholds_for(name)
             for key, field, sense, show in _NUMERIC:
                 limit = getattr(th, field)
                 value = m.get(key)
@@ -84,7 +105,7 @@ def judge_outputs(
                 passed=len(failures) == before,
             )
         )
-    for name in spec.outputs:
+    for name in required:
         if name not in measured:
             have = ", ".join(sorted(measured)) or "none"
             fail("missing-output", name, None, None,

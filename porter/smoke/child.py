@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping
 MEASURED = "smoke-measured.json"
 PHASE = "smoke-phase.txt"
 WAV = "smoke.wav"
+OUTPUTS = "smoke-outputs.npz"  # the target's named outputs and waveform, for comparing two runs
 
 
 class _Run:
@@ -52,7 +53,9 @@ class _Run:
             "imports": None,
             "error": None,
             "notes": [],
+            "saved_outputs": None,
         }
+        self.saved: dict[str, Any] = {}
 
     # -- bookkeeping --------------------------------------------------------------------------
     def phase(self, name: str) -> None:
@@ -60,6 +63,13 @@ class _Run:
         (self.out_dir / PHASE).write_text(name + "\n")
 
     def write(self) -> None:
+        if self.saved:
+            import numpy as np
+
+            tmp = self.out_dir / (OUTPUTS + ".tmp.npz")
+            np.savez(tmp, **self.saved)
+            os.replace(tmp, self.out_dir / OUTPUTS)
+            self.result["saved_outputs"] = OUTPUTS
         path = self.out_dir / MEASURED
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.result, indent=1, allow_nan=False))
@@ -290,7 +300,9 @@ class _Run:
             if name not in target or name not in reference:
                 outputs[name] = {"missing_in": "target" if name not in target else "reference"}
                 continue
-            outputs[name] = compare(_to_numpy(target[name]), _to_numpy(reference[name]))
+            tgt = _to_numpy(target[name])
+            outputs[name] = compare(tgt, _to_numpy(reference[name]))
+            self.saved[name] = tgt
         self.result["outputs"] = outputs
 
     def _audio(self, audio: Any) -> None:
@@ -311,6 +323,7 @@ class _Run:
             wav = wav[None, :]
         if wav.ndim != 2:
             raise _ScriptError(f"generate(): waveform has shape {list(wav.shape)}; expected [samples] or [channels, samples]")
+        self.saved["audio.waveform"] = wav.astype(np.float32)
         fig = audio_figures(wav, int(audio.sample_rate), float(self.req["clip_level"]))
         fig["n_tokens"] = None if audio.n_tokens is None else int(audio.n_tokens)
         fig["device"] = self.kind

@@ -41,7 +41,8 @@ WAV = "smoke.wav"
 PNG = "smoke.png"
 STDOUT = "smoke.stdout.log"
 STDERR = "smoke.stderr.log"
-_OURS = (MEASURED, PHASE, REQUEST, RESULT, WAV, PNG, STDOUT, STDERR)
+OUTPUTS = "smoke-outputs.npz"  # the target's named outputs, for porter.smoke.compare.compare_runs
+_OURS = (MEASURED, PHASE, REQUEST, RESULT, WAV, PNG, STDOUT, STDERR, OUTPUTS)
 
 _BOOT = (
     "import sys\n"
