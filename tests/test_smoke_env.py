@@ -36,6 +36,7 @@ def test_no_requirements_is_the_host_interpreter(cache):
 def test_key_is_the_requirement_set():
     assert env_key(["a==1", "b"]) == env_key(["b", "a==1"]) == env_key(["a==1 ", "b"])
     assert env_key(["a==1"]) != env_key(["a==2"])
+    assert env_key(["a==1"]) != env_key([], ["a==1"])  # --no-deps is a different environment
 
 
 def test_venv_is_built_once_then_reused(cache, offline):
@@ -86,9 +87,10 @@ def test_pinned_requirement_from_pypi_is_installed_in_the_venv(cache):
     pytest.importorskip("pip")
     if subprocess.run([sys.executable, "-c", "import toml"], capture_output=True).returncode == 0:
         pytest.skip("toml is installed on the host; the test needs a requirement the host lacks")
-    spec = SmokeSpec(script="needs_toml.py", requires=["toml==0.10.2"], run=["forward"])
+    spec = SmokeSpec(script="needs_toml.py", requires_no_deps=["toml==0.10.2"], run=["forward"])
     result = run_smoke(spec, recipe_dir=FIXTURES, package_root=FIXTURES / "pkg", device="cpu", out_dir=cache / "a")
     assert result.passed, result.to_markdown()
-    assert result.env["created"] is True
+    assert result.env["created"] is True and result.env["requires_no_deps"] == ["toml==0.10.2"]
+    assert "`toml==0.10.2` (--no-deps)" in result.to_markdown()
     again = run_smoke(spec, recipe_dir=FIXTURES, package_root=FIXTURES / "pkg", device="cpu", out_dir=cache / "b")
     assert again.passed and again.env["created"] is False and again.env["venv"] == result.env["venv"]

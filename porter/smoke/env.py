@@ -13,6 +13,10 @@ makes a fresh environment. A marker file written last (`porter-env.json`) makes 
 count as ready; a half-built one (interrupted install) is removed and built again. An exclusive
 file lock per key lets parallel runs share one build.
 
+`no_deps` requirements are installed after the others with `pip --no-deps`: for packages whose
+declared dependencies cannot be installed next to the host torch (e.g. a PyPI torchaudio pin
+that cannot load beside a CPU or Ascend torch); the recipe lists what they really need.
+
 No requirements: the host interpreter itself, no venv.
 """
 
@@ -45,6 +49,7 @@ class SmokeEnv:
     created: bool  # False: reused from the cache (or the host interpreter)
     seconds: float
     error: str | None = None  # pip's complaint, tail only
+    no_deps: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
         return {
@@ -52,6 +57,7 @@ class SmokeEnv:
             "venv": self.venv,
             "key": self.key,
             "requires": list(self.requires),
+            "requires_no_deps": list(self.no_deps),
             "created": self.created,
             "seconds": round(self.seconds, 3),
             "error": self.error,
@@ -79,11 +85,12 @@ def host_pins() -> dict[str, str]:
     return pins
 
 
-def env_key(requires: tuple[str, ...] | list[str]) -> str:
+def env_key(requires: tuple[str, ...] | list[str], no_deps: tuple[str, ...] | list[str] = ()) -> str:
     blob = json.dumps(
         {
             "format": FORMAT,
             "requires": sorted(" ".join(r.split()) for r in requires),
+            "no_deps": sorted(" ".join(r.split()) for r in no_deps),
             "python": sys.version,
             "executable": os.path.realpath(sys.executable),
             "pins": host_pins(),
@@ -97,14 +104,21 @@ def _venv_python(venv: Path) -> Path:
     return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
-def ensure_env(requires: tuple[str, ...] | list[str], *, timeout_s: float = 1800.0, root: Path | None = None) -> SmokeEnv:
-    """The environment for `requires`: cached, or built now. Never raises for a failed install:
-    the result carries pip's error and the smoke run reports it as a failed check."""
-    requires = tuple(requires)
+def ensure_env(
+    requires: tuple[str, ...] | list[str],
+    no_deps: tuple[str, ...] | list[str] = (),
+    *,
+    timeout_s: float = 1800.0,
+    root: Path | None = None,
+) -> SmokeEnv:
+    """The environment for `requires` (+ `no_deps`, installed with --no-deps): cached, or built
+    now. Never raises for a failed install: the result carries pip's error and the smoke run
+    reports it as a failed check."""
+    requires, no_deps = tuple(requires), tuple(no_deps)
     t0 = time.perf_counter()
-    if not requires:
+    if not requires and not no_deps:
         return SmokeEnv(sys.executable, None, None, (), False, 0.0)
-    key = env_key(requires)
+    key = env_key(requires, no_deps)
     base = (root or cache_dir()) / "smoke-envs"
     base.mkdir(parents=True, exist_ok=True)
     venv = base / key
@@ -112,19 +126,22 @@ def ensure_env(requires: tuple[str, ...] | list[str], *, timeout_s: float = 1800
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if (venv / MARKER).is_file() and _venv_python(venv).exists():
-                return SmokeEnv(str(_venv_python(venv)), str(venv), key, requires, False, time.perf_counter() - t0)
-            error = _build(venv, requires, timeout_s)
+                return SmokeEnv(str(_venv_python(venv)), str(venv), key, requires, False,
+                                time.perf_counter() - t0, no_deps=no_deps)
+            error = _build(venv, requires, no_deps, timeout_s)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     seconds = time.perf_counter() - t0
     if error is not None:
-        return SmokeEnv(sys.executable, None, key, requires, True, seconds, error)
-    return SmokeEnv(str(_venv_python(venv)), str(venv), key, requires, True, seconds)
+        return SmokeEnv(sys.executable, None, key, requires, True, seconds, error, no_deps)
+    return SmokeEnv(str(_venv_python(venv)), str(venv), key, requires, True, seconds, no_deps=no_deps)
 
 
-def _build(venv: Path, requires: tuple[str, ...], timeout_s: float) -> str | None:
+def _build(venv: Path, requires: tuple[str, ...], no_deps: tuple[str, ...], timeout_s: float) -> str | None:
     if venv.exists():
         shutil.rmtree(venv)  # half-built: no marker
+    pins = host_pins()
+    log: list[str] = []
     try:
         subprocess.run(
             [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)],
@@ -133,21 +150,25 @@ def _build(venv: Path, requires: tuple[str, ...], timeout_s: float) -> str | Non
             text=True,
             timeout=120,
         )
-        (venv / "requirements.txt").write_text("\n".join(requires) + "\n")
-        pins = host_pins()
         (venv / "constraints.txt").write_text("".join(f"{d}=={v}\n" for d, v in pins.items()))
-        # The host's pip drives the venv's interpreter (pip >= 22.3), so the venv needs no pip.
-        cmd = [
-            sys.executable, "-m", "pip", "--python", str(_venv_python(venv)), "install",
-            "--no-input", "--disable-pip-version-check",
-            "-r", str(venv / "requirements.txt"), "-c", str(venv / "constraints.txt"),
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-        (venv / "pip-install.log").write_text(proc.stdout + "\n" + proc.stderr)
-        if proc.returncode != 0:
-            tail = (proc.stderr.strip() or proc.stdout.strip())[-3000:]
-            shutil.rmtree(venv, ignore_errors=True)
-            return f"pip install {' '.join(requires)} failed (exit {proc.returncode}):\n{tail}"
+        for name, reqs, extra in (("requirements", requires, []), ("requirements-no-deps", no_deps, ["--no-deps"])):
+            if not reqs:
+                continue
+            (venv / f"{name}.txt").write_text("\n".join(reqs) + "\n")
+            # The host's pip drives the venv's interpreter (pip >= 22.3), so the venv needs no pip.
+            cmd = [
+                sys.executable, "-m", "pip", "--python", str(_venv_python(venv)), "install",
+                "--no-input", "--disable-pip-version-check", *extra,
+                "-r", str(venv / f"{name}.txt"), "-c", str(venv / "constraints.txt"),
+            ]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+            log.append(f"$ {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
+            (venv / "pip-install.log").write_text("\n".join(log))
+            if proc.returncode != 0:
+                tail = (proc.stderr.strip() or proc.stdout.strip())[-3000:]
+                shutil.rmtree(venv, ignore_errors=True)
+                how = " --no-deps" if extra else ""
+                return f"pip install{how} {' '.join(reqs)} failed (exit {proc.returncode}):\n{tail}"
     except subprocess.TimeoutExpired as exc:
         shutil.rmtree(venv, ignore_errors=True)
         return f"creating the smoke environment timed out after {exc.timeout:.0f} s ({' '.join(map(str, exc.cmd[:6]))} ...)"
@@ -158,6 +179,7 @@ def _build(venv: Path, requires: tuple[str, ...], timeout_s: float) -> str | Non
     marker = {
         "format": FORMAT,
         "requires": list(requires),
+        "requires_no_deps": list(no_deps),
         "pins": pins,
         "host_python": sys.executable,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -263,7 +263,9 @@ class SmokeResult:
         env = self.env
         if env:
             where = f"venv `{env.get('venv')}`" if env.get("venv") else "host interpreter"
-            req = ", ".join(f"`{r}`" for r in env.get("requires", [])) or "none"
+            req = ", ".join(
+                [f"`{r}`" for r in env.get("requires", [])] + [f"`{r}` (--no-deps)" for r in env.get("requires_no_deps", [])]
+            ) or "none"
             lines += ["#### Environment", "", f"- {where} (`{env.get('python')}`); requirements: {req}"]
             if env.get("torch"):
                 lines.append(f"- torch {env['torch']}, Python {env.get('python_version', '?')}")

@@ -103,7 +103,7 @@ def run_smoke(spec: SmokeSpec, *, recipe_dir: Path, package_root: Path, device: 
         (out_dir / name).unlink(missing_ok=True)
 
     base = dict(device=dev, dtype=spec.dtype, seed=spec.seed, script=spec.script, out_dir=str(out_dir.resolve()))
-    env = ensure_env(spec.requires, timeout_s=max(900.0, spec.timeout_s))
+    env = ensure_env(spec.requires, spec.requires_no_deps, timeout_s=max(900.0, spec.timeout_s))
     if env.error is not None:
         return _finish(
             out_dir,

@@ -7,6 +7,7 @@ seed, dtype, the requirements of the environment the script runs in, and the pas
     smoke:
       script: smoke/tiny_qwen2.py        # relative to the recipe file
       requires: ["transformers==4.47.1"] # pip requirements; [] runs on the host interpreter
+      requires_no_deps: []               # installed with pip --no-deps after `requires`
       seed: 0
       dtype: float32                     # target dtype; the reference is always cpu float32
       run: [forward, generate]
@@ -99,6 +100,11 @@ class SmokeSpec(_Frozen):
         default=(),
         description="pip requirement strings for the smoke environment; empty: the host interpreter",
     )
+    requires_no_deps: tuple[str, ...] = Field(
+        default=(),
+        description="installed after `requires` with pip --no-deps (packages whose declared "
+        "dependencies cannot live next to the host torch, e.g. a torchaudio pin)",
+    )
     seed: int = Field(default=0, ge=0)
     dtype: Dtype = Field(default="float32", description="dtype of the model on the target device")
     run: tuple[Call, ...] = Field(default=("forward", "generate"))
@@ -133,12 +139,12 @@ class SmokeSpec(_Frozen):
             raise ValueError(f"run lists a call twice: {list(v)}")
         return v
 
-    @field_validator("requires")
+    @field_validator("requires", "requires_no_deps")
     @classmethod
     def _requirements_are_lines(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for r in v:
             if not r.strip() or "\n" in r or r.strip().startswith("-"):
-                raise ValueError(f"requires: {r!r} is not a single requirement (no pip options, no blank entries)")
+                raise ValueError(f"{r!r} is not a single requirement (no pip options, no blank entries)")
         return tuple(r.strip() for r in v)
 
     @field_validator("inputs")
