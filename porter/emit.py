@@ -134,7 +134,7 @@ def build(loaded: LoadedRecipe, tree: SourceTree, result: RewriteResult) -> Emit
     for fr in result.files:
         if fr.status == "changed" and fr.text is not None:
             files[fr.path] = fr.text.encode("utf-8")
-            parts.append(unified_diff(fr.path, tree.files[fr.path].read_text(encoding="utf-8"), fr.text))
+            parts.append(unified_diff(fr.path, tree.files[fr.path].read_bytes().decode("utf-8"), fr.text))
     generated: dict[str, str] = {}
     pyproject = pyproject_for(loaded, tree)
     if pyproject is not None:

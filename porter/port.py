@@ -90,7 +90,7 @@ def _scan(loaded: LoadedRecipe, tree: SourceTree, result: RewriteResult, steps: 
             text = patched.get(path)
             if text is None:
                 try:
-                    text = tree.files[path].read_text(encoding="utf-8")
+                    text = tree.files[path].read_bytes().decode("utf-8")
                 except (UnicodeDecodeError, OSError):
                     continue
             yield path, text

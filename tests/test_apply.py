@@ -177,3 +177,17 @@ def test_generated_package_installs_under_upstream_name(work: Path):
     assert "_porter_mem_get_info" in (target / "tinytts/model.py").read_text()
     dist = [p.name for p in target.glob("tinytts-*.dist-info")]
     assert dist == ["tinytts-0.1+npu.dist-info"]
+
+
+def test_crlf_files_keep_their_line_endings(work: Path):
+    """Wheels such as boson-multimodal ship CRLF files: only the changed lines may differ."""
+    model = work / "tinytts/tinytts/model.py"
+    model.write_bytes(model.read_bytes().replace(b"\n", b"\r\n"))
+    out = work / "out"
+    assert run("apply", str(work / "tinytts.yaml"), "--out", str(out), "--no-smoke") == 0
+    patched = (out / "tinytts/tinytts/model.py").read_bytes()
+    assert b"\n" not in patched.replace(b"\r\n", b"")  # every line still ends in CRLF
+    diff = (out / "tinytts/port.diff").read_bytes()
+    model_diff = diff.split(b"+++ b/pyproject.toml")[0]
+    removed = [l for l in model_diff.splitlines() if l.startswith(b"-") and not l.startswith(b"---")]
+    assert len(removed) == 4  # the four rewritten lines, not the whole file
