@@ -120,12 +120,12 @@ def _problems(build: PortBuild) -> list[str]:
     return out
 
 
-def reports(build: PortBuild, smoke: Any = None) -> dict[str, str]:
+def reports(build: PortBuild, smoke: Any = None, target: Path | None = None) -> dict[str, str]:
     report = dict(build.report)
     sections = []
     if smoke is not None:
         report["smoke"] = smoke.to_json()
-        sections.append(smoke.to_markdown())
+        sections.append("## Smoke inference\n\n" + smoke.to_markdown(relative_to=target))
     else:
         report["smoke"] = None
     return {
@@ -164,11 +164,14 @@ def apply(
     if smoke and loaded.recipe.smoke is not None:
         progress("running smoke inference")
         outcome.smoke = _run_smoke(loaded, target, device)
-        _rewrite_reports(target, reports(build, outcome.smoke))
+        _rewrite_reports(target, reports(build, outcome.smoke, target.resolve()))
         if not outcome.smoke.passed:
             outcome.exit_code = 1
-            outcome.messages.append("smoke test failed: " + "; ".join(
-                str(f) for f in getattr(outcome.smoke, "failures", [])) or "see report.md")
+            failures = [f.message for f in outcome.smoke.failures]
+            error = getattr(outcome.smoke, "error", None)
+            if error is not None and not any(error.message in f for f in failures):
+                failures.append(error.message)
+            outcome.messages.append("smoke test failed: " + ("; ".join(failures) or f"see {target}/report.md"))
     return outcome
 
 

@@ -191,3 +191,56 @@ def test_crlf_files_keep_their_line_endings(work: Path):
     model_diff = diff.split(b"+++ b/pyproject.toml")[0]
     removed = [l for l in model_diff.splitlines() if l.startswith(b"-") and not l.startswith(b"---")]
     assert len(removed) == 4  # the four rewritten lines, not the whole file
+
+
+SMOKE = """
+smoke:
+  script: tinytts_smoke.py
+  seed: 0
+  run: [forward, generate]
+  thresholds: {mean_rel_diff_max: 0.01, cosine_min: 0.9999}
+  audio: {sample_rate: 24000, duration_min_s: 0.1, duration_max_s: 1.0}
+"""
+
+
+def smoke_recipe(work: Path, extra: str = "") -> Path:
+    shutil.copy(FIXTURES / "tinytts_smoke.py", work / "tinytts_smoke.py")
+    recipe = work / "tinytts.yaml"
+    recipe.write_text(recipe.read_text() + SMOKE + extra)
+    return recipe
+
+
+def test_apply_with_smoke_on_npu_sim_reports_figures(work: Path):
+    recipe = smoke_recipe(work)
+    out = work / "out"
+    assert run("apply", str(recipe), "--out", str(out), "--device", "npu-sim") == 0
+    report = json.loads((out / "tinytts/report.json").read_text())
+    smoke = report["smoke"]
+    assert smoke["passed"] is True
+    assert smoke["device"]["kind"] == "npu-sim" and smoke["device"]["simulated"] is True
+    outputs = {o["name"]: o for o in smoke["outputs"]}
+    assert outputs["out"]["cosine"] > 0.9999
+    # The patched batch-size path asked the (simulated) npu for its real free memory: 8 fits.
+    assert outputs["batch"]["max_abs_diff"] == 0.0
+    assert (out / "tinytts/smoke").is_dir() and list((out / "tinytts/smoke").glob("*.wav"))
+    md = (out / "tinytts/report.md").read_text()
+    assert "## Smoke inference" in md and "npu-sim" in md and "not Ascend" in md
+
+
+def test_unpatched_code_fails_on_npu_sim_where_ascend_would(work: Path):
+    """Without mem-get-info the batch-size path calls torch.cuda.mem_get_info on an npu device."""
+    recipe = smoke_recipe(work)
+    text = recipe.read_text().replace("  - use: mem-get-info\n    expect: 1\n", "")
+    recipe.write_text(text)
+    out = work / "out"
+    assert run("apply", str(recipe), "--out", str(out), "--device", "npu-sim") == 1
+    smoke = json.loads((out / "tinytts/report.json").read_text())["smoke"]
+    assert smoke["passed"] is False
+    assert "cuda" in json.dumps(smoke["error"]).lower()
+
+
+def test_nan_output_fails_the_smoke_naming_the_output(work: Path, capsys):
+    recipe = smoke_recipe(work, "  inputs: {poison: true}\n")
+    assert run("apply", str(recipe), "--out", str(work / "out"), "--device", "cpu") == 1
+    err = capsys.readouterr().err
+    assert "smoke test failed" in err and "out" in err and "NaN" in err
