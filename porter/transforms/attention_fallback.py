@@ -1153,6 +1153,29 @@ class AttentionFallback(PythonTransform):
             ),
         ),
         Example(
+            id="legacy-sdp-kernel-from-import-alias-multi-line",
+            before=(
+                "from torch.backends.cuda import sdp_kernel as k\n"
+                "\n"
+                "def fused_only(q, kv):\n"
+                "    with k(\n"
+                "        enable_flash=True,\n"
+                "        enable_math=False,  # fused kernels only\n"
+                "    ):\n"
+                "        return attend(q, kv)\n"
+            ),
+            after=_runtime.with_helpers(
+                "from torch.backends.cuda import sdp_kernel as k\n",
+                _CONTEXT_HELPERS,
+                "def fused_only(q, kv):\n"
+                f"    with {_runtime.SDP_CONTEXT}(k(\n"
+                "        enable_flash=True,\n"
+                "        enable_math=False,  # fused kernels only\n"
+                "    )):\n"
+                "        return attend(q, kv)\n",
+            ),
+        ),
+        Example(
             id="voxcpm-sdp-kernel-math-on-left-alone",
             note="voxcpm unified_cfm.py: only fused kernels off, for jvp; needed on CPU torch 2.13 too",
             before=(
