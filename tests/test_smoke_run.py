@@ -98,6 +98,8 @@ def test_violated_threshold_reports_the_numbers(tmp_path):
     assert (f.check, f.output, f.threshold) == ("mean_rel_diff_max", "head", 0.01)
     assert f.measured == pytest.approx(0.05, rel=1e-4)
     assert "5.0000%" in f.message and "head" in f.message
+    assert result.values == {"device type": {"reference": "cpu", "target": "cpu"}}
+    assert '| device type | – | "cpu" | "cpu" |' in result.to_markdown()
     head = next(o for o in result.outputs if o.name == "head")
     assert not head.passed and head.cosine == pytest.approx(1.0)
     # a per-output override lets this port's 5% through and nothing else changes
@@ -203,3 +205,23 @@ def test_compare_runs_patched_vs_unpatched_on_cpu(tmp_path):
     assert not bad.passed
     assert [(f.check, f.output) for f in bad.failures] == [("max_abs_diff_max", "audio.waveform")]
     assert "patched vs upstream" in bad.failures[0].message and "DIFFERENT" in bad.to_markdown()
+
+
+@needs_sim
+def test_ops_without_npu_kernel_and_float64_are_reported_and_can_fail(tmp_path):
+    inputs = {"use_lgamma": True, "use_float64": True}
+    listed, _ = smoke(tmp_path / "a", "plain.py", device="npu-sim", inputs=inputs, run=["forward"])
+    assert listed.passed, listed.summary()  # listed, not checked, by default
+    assert [u["op"] for u in listed.ops["missing"]] == ["aten::lgamma"]
+    assert any(u["locations"][0].startswith("plain.py:") for u in listed.ops["missing"])
+    assert {h["dtype"] for h in listed.ops["dtype_hazards"]} == {"float64"}
+    assert listed.values == {"device type": {"reference": "cpu", "target": "npu"}}
+    md = listed.to_markdown()
+    assert "`aten::lgamma`" in md and "1 without an NPU kernel" in md and "npu-sim" in md
+
+    locked, _ = smoke(tmp_path / "b", "plain.py", device="npu-sim", inputs=inputs, run=["forward"],
+                      ops={"missing_max": 0, "dtype_hazards_max": 0})
+    checks = {f.check: f for f in locked.failures}
+    assert set(checks) == {"ops.missing_max", "ops.dtype_hazards_max"}
+    assert checks["ops.missing_max"].output == "aten::lgamma" and checks["ops.missing_max"].measured == 1
+    assert "plain.py:" in checks["ops.missing_max"].message and "npu-sim" in checks["ops.missing_max"].message

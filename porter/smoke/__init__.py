@@ -18,6 +18,7 @@ _EXPORTS = {
     "SmokeSpec": "porter.smoke.spec",
     "Thresholds": "porter.smoke.spec",
     "AudioChecks": "porter.smoke.spec",
+    "OpChecks": "porter.smoke.spec",
     "run_smoke": "porter.smoke.runner",
     "SmokeInputError": "porter.smoke.runner",
     "SmokeResult": "porter.smoke.result",

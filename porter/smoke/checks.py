@@ -184,3 +184,28 @@ def judge_imports(imports: dict[str, Any] | None, kind: str) -> tuple[list[Faile
             f"({', '.join(imports['provided'])}) on {device_label(kind)}"
         )
     return failures, notes
+
+
+def judge_ops(spec: SmokeSpec, ops: dict[str, Any] | None, kind: str) -> list[FailedCheck]:
+    """The op report (porter.npu.ops.OpReport.to_dict()) against the spec's op maxima."""
+    c = spec.ops
+    if not ops or kind not in ("npu", "npu-sim"):
+        return []
+    failures: list[FailedCheck] = []
+    missing, hazards = ops.get("missing", []), ops.get("dtype_hazards", [])
+    version = ops.get("torch_npu", "?")
+    if c.missing_max is not None and len(missing) > c.missing_max:
+        names = ", ".join(u["op"] for u in missing)
+        first = next((u["locations"][0] for u in missing if u.get("locations")), None)
+        failures.append(FailedCheck(
+            "ops.missing_max", names, len(missing), c.missing_max, kind,
+            f"{len(missing)} ops reached the npu device on {kind} that torch_npu {version} has no NPU kernel for "
+            f"(max {c.missing_max}): {names}" + (f"; first at {first}" if first else ""),
+        ))
+    if c.dtype_hazards_max is not None and len(hazards) > c.dtype_hazards_max:
+        names = ", ".join(f"{h['op']} ({h['dtype']})" for h in hazards)
+        failures.append(FailedCheck(
+            "ops.dtype_hazards_max", names, len(hazards), c.dtype_hazards_max, kind,
+            f"{len(hazards)} float64/complex op uses on {kind} (max {c.dtype_hazards_max}): {names}",
+        ))
+    return failures

@@ -54,6 +54,7 @@ class _Run:
             "error": None,
             "notes": [],
             "saved_outputs": None,
+            "values": {},
         }
         self.saved: dict[str, Any] = {}
 
@@ -135,9 +136,11 @@ class _Run:
         self.phase("build")
         self._seed()
         t0 = time.perf_counter()
+        bctx = ctx("build")
         with torch.no_grad():
-            reference = script.build(ctx("build"))
+            reference = script.build(bctx)
         timings["build_s"] = time.perf_counter() - t0
+        self._values("build", bctx)
         if not isinstance(reference, torch.nn.Module):
             raise _ScriptError(f"build() returned {type(reference).__name__}, expected a torch.nn.Module")
         reference.eval()
@@ -154,20 +157,25 @@ class _Run:
             with torch.no_grad(), rctx._call():
                 ref_out = _named(script.forward(reference, rctx), rctx.records, "reference")
             timings["forward_reference_s"] = time.perf_counter() - t0
+            self._values("reference", rctx)
 
         recorder = None
         if self.req.get("record_ops") and self.kind in ("npu", "npu-sim"):
             self.phase("start-op-recording")
             recorder = self._op_recorder()
         self._reset_peak()
-        with recorder if recorder is not None else nullcontext():
+
+        def recording() -> Any:  # re-entered per phase: porter's own copies are not recorded
+            return recorder if recorder is not None else nullcontext()
+
+        try:
             self.phase("place")
             t0 = time.perf_counter()
             tctx = ctx("target")
-            with torch.no_grad():
+            with recording(), torch.no_grad():
                 placed = script.place(target, tctx) if callable(getattr(script, "place", None)) else _default_place(target, tctx)
-            target = placed if placed is not None else target
-            synchronize(tctx.device)
+                target = placed if placed is not None else target
+                synchronize(tctx.device)
             timings["place_s"] = time.perf_counter() - t0
 
             if "forward" in run:
@@ -175,10 +183,11 @@ class _Run:
                 tctx = ctx("target")
                 self._seed()
                 t0 = time.perf_counter()
-                with torch.no_grad(), tctx._call():
+                with recording(), torch.no_grad(), tctx._call():
                     tgt_out = _named(script.forward(target, tctx), tctx.records, "target")
                     synchronize(tctx.device)
                 timings["forward_s"] = time.perf_counter() - t0
+                self._values("target", tctx)
                 self.phase("compare")
                 self._compare(tgt_out, ref_out)  # now, so a later failure keeps these figures
 
@@ -188,22 +197,28 @@ class _Run:
                 self._seed()
                 synchronize(gctx.device)
                 t0 = time.perf_counter()
-                with torch.no_grad(), gctx._call():
+                with recording(), torch.no_grad(), gctx._call():
                     audio = script.generate(target, gctx)
                     synchronize(gctx.device)
                 timings["generate_s"] = time.perf_counter() - t0
+                self._values("target", gctx)
+                self.phase("write-audio")
+                self._audio(audio)
+            self.result["memory"] = self._peak_memory()
+        finally:  # the ops seen before a failure are the likeliest suspects: keep them
+            if recorder is not None:
+                try:
+                    self.result["ops"] = self._op_report(recorder)
+                except Exception as exc:  # noqa: BLE001 - the run's own error matters more
+                    self.result["notes"].append(f"op report failed: {type(exc).__name__}: {exc}")
 
-        if "generate" in run:
-            self.phase("write-audio")
-            self._audio(audio)
-
-        self.result["memory"] = self._peak_memory()
-        if recorder is not None:
-            self.phase("op-report")
-            self.result["ops"] = self._op_report(recorder)
         self.phase("imports")
         self.result["imports"] = _patched_imports(Path(self.req["package_root"]))
         self.phase("done")
+
+    def _values(self, role: str, context: Any) -> None:
+        for name, value in context.values.items():
+            self.result["values"].setdefault(name, {})[role] = _value(value)
 
     # -- devices ------------------------------------------------------------------------------
     def _setup_device(self) -> None:
@@ -430,6 +445,19 @@ def _patched_imports(package_root: Path) -> dict[str, Any]:
         "imported": imported,
         "outside": sorted(n for n, f in imported.items() if f is None or not Path(f).resolve().is_relative_to(root)),
     }
+
+
+def _value(v: Any) -> Any:
+    """A ctx.note value as JSON: small tensors as numbers/lists, anything else as text."""
+    try:
+        import torch
+
+        if isinstance(v, torch.Tensor):
+            v = v.detach().to("cpu")
+            return v.item() if v.numel() == 1 else (v.tolist() if v.numel() <= 64 else f"tensor{list(v.shape)}")
+    except ImportError:  # pragma: no cover
+        pass
+    return _jsonable(v)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -14,7 +14,9 @@ porter calls `build` once on the CPU (ctx.role == "build"), copies the model (sa
 `forward` on the CPU float32 reference (role "reference") and on the target device (role
 "target"), and `generate` on the target only. Inside `forward`, `ctx.capture(module, name)`
 records a submodule's output and `ctx.record(name, tensor)` records any tensor, so components
-(backbone, audio encoder, DiT head, ...) are compared separately, as seed 000 did.
+(backbone, audio encoder, DiT head, ...) are compared separately, as seed 000 did. Values that
+should differ between devices (a batch size picked from free device memory) are not outputs:
+report them with `ctx.note(name, value)`, shown side by side and never compared.
 
 Inputs made with `ctx.randint`/`ctx.randn` are drawn on the CPU from a generator seeded by the
 spec's seed and the call order, then moved to `ctx.device`: both runs get identical inputs.
@@ -84,6 +86,7 @@ class SmokeContext:
         self.out_dir = Path(out_dir)
         self._draws = 0
         self.records: dict[str, Any] = {}
+        self.values: dict[str, Any] = {}
         self._hooks: list[Any] = []
 
     def __repr__(self) -> str:
@@ -116,6 +119,14 @@ class SmokeContext:
         if name in self.records:
             raise ValueError(f"ctx.record: output name {name!r} recorded twice")
         self.records[name] = value
+        return value
+
+    def note(self, name: str, value: Any) -> Any:
+        """Report a value that is *expected* to depend on the device (a batch size chosen from
+        the device's free memory, the attention backend picked, ...). Shown in the report for the
+        reference and the target side by side; never compared. A number, string, bool, a small
+        tensor or a list of those."""
+        self.values[name] = value
         return value
 
     def capture(self, module: torch.nn.Module, name: str) -> None:

@@ -7,6 +7,7 @@ Every figure carries the device that produced it. A simulated run is labelled
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -145,6 +146,7 @@ class SmokeResult:
     imports: dict[str, Any] | None = None
     error: SmokeError | None = None
     notes: tuple[str, ...] = ()
+    values: dict[str, dict[str, Any]] = field(default_factory=dict)  # ctx.note: name -> {role: value}
 
     @property
     def device_label(self) -> str:
@@ -214,6 +216,18 @@ class SmokeResult:
                 )
             lines.append("")
 
+        if self.values:
+            lines += [
+                "#### Values reported by the script (expected to depend on the device; not compared)",
+                "",
+                f"| value | build (cpu) | cpu reference | {kind} |",
+                "|---|---|---|---|",
+            ]
+            for name, by_role in self.values.items():
+                cells = [_md(json.dumps(by_role[r])) if r in by_role else "–" for r in ("build", "reference", "target")]
+                lines.append(f"| {_md(name)} | " + " | ".join(cells) + " |")
+            lines.append("")
+
         if self.audio is not None:
             a = self.audio
             base = Path(relative_to) if relative_to is not None else Path(self.out_dir)
@@ -241,7 +255,7 @@ class SmokeResult:
                 ("real-time factor (generate time / audio duration)", p.rtf, "", kind),
                 ("tokens/s", p.tokens_per_s, "", kind),
             ]
-            lines += [f"#### Performance (figures from {dev})", "", "| figure | value | device |", "|---|---|---|"]
+            lines += [f"#### Performance on {dev}", "", "| figure | value | device |", "|---|---|---|"]
             for label, value, unit, d in rows:
                 if value is not None:
                     lines.append(f"| {label} | {_fmt(value, '.3f')}{(' ' + unit) if unit else ''} | {d} |")
@@ -257,8 +271,8 @@ class SmokeResult:
             lines.append("")
 
         if self.ops is not None:
-            lines += [f"#### Ops that reached the npu device ({dev})", ""]
-            lines += [_ops_markdown(self.ops), ""]
+            lines += [f"#### Ops that reached the npu device on {dev}", ""]
+            lines += [_ops_markdown(self.ops, kind), ""]
 
         env = self.env
         if env:
@@ -293,25 +307,54 @@ class SmokeResult:
         return f"[{name}]({self._rel(name, base)})" if name else "–"
 
 
-def _ops_markdown(ops: Any) -> str:
-    if isinstance(ops, dict) and isinstance(ops.get("markdown"), str):
-        return ops["markdown"]
-    if isinstance(ops, dict):
-        rows = ["| field | value |", "|---|---|"]
-        for k, v in ops.items():
-            if isinstance(v, (list, tuple)):
-                shown = ", ".join(_short(x) for x in v[:30]) + (f" … (+{len(v) - 30})" if len(v) > 30 else "")
-                rows.append(f"| {_md(str(k))} | {len(v)}: {_md(shown)} |")
-            else:
-                rows.append(f"| {_md(str(k))} | {_md(_short(v))} |")
-        return "\n".join(rows)
-    return _md(str(ops))
+def _ops_markdown(ops: Any, dev: str) -> str:
+    """porter.npu.ops.OpReport.to_dict(), as tables."""
+    if not isinstance(ops, dict) or "ops" not in ops:
+        return _md(str(ops))
+    missing, hazards, every = ops.get("missing", []), ops.get("dtype_hazards", []), ops.get("ops", [])
+    lines = [
+        f"{ops.get('calls', '?')} op calls, {ops.get('distinct_ops', len(every))} distinct ops reached the npu device "
+        f"on {dev}, checked against the NPU kernels of torch_npu {ops.get('torch_npu', '?')}: "
+        f"**{len(missing)} without an NPU kernel**, **{len(hazards)} dtype hazards**.",
+        "",
+    ]
+    if missing:
+        lines += [
+            "Ops without an NPU kernel (on Ascend they fail, or fall back to the CPU and are silently slow):",
+            "",
+            "| op | calls | input dtypes | model code | why |",
+            "|---|---|---|---|---|",
+        ]
+        for u in missing:
+            lines.append(f"| `{u['op']}` | {u['count']} | {_dtypes(u['dtypes'])} | {_where(u['locations'])} | {_md(u['detail'])} |")
+        lines.append("")
+    if hazards:
+        lines += ["Dtype hazards:", "", "| op | dtype | calls | model code | why |", "|---|---|---|---|---|"]
+        for h in hazards:
+            lines.append(f"| `{h['op']}` | {h['dtype']} | {h['count']} | {_where(h['locations'])} | {_md(h['reason'])} |")
+        lines.append("")
+    if every:
+        lines += [
+            f"<details><summary>All {len(every)} ops on {dev}</summary>",
+            "",
+            "| op | status | calls | input dtypes | model code |",
+            "|---|---|---|---|---|",
+        ]
+        for u in sorted(every, key=lambda u: -u["count"]):
+            lines.append(f"| `{u['op']}` | {u['status']} | {u['count']} | {_dtypes(u['dtypes'])} | {_where(u['locations'])} |")
+        lines += ["", "</details>"]
+    return "\n".join(lines)
 
 
-def _short(x: Any) -> str:
-    if isinstance(x, dict):
-        return " ".join(f"{k}={v}" for k, v in x.items() if v not in (None, "", [], {}))
-    return str(x)
+def _dtypes(groups: list[list[str]]) -> str:
+    shown = ["(" + ", ".join(g) + ")" for g in groups[:3]]
+    return _md(" ".join(shown) + (f" +{len(groups) - 3}" if len(groups) > 3 else "")) or "–"
+
+
+def _where(locations: list[str]) -> str:
+    if not locations:
+        return "–"
+    return _md("; ".join(f"`{x}`" for x in locations[:2]) + (f" (+{len(locations) - 2})" if len(locations) > 2 else ""))
 
 
 def _plain(x: Any) -> Any:

@@ -21,7 +21,7 @@ from typing import Any
 
 import porter
 from porter.errors import UsageError
-from porter.smoke.checks import judge_audio, judge_imports, judge_outputs
+from porter.smoke.checks import judge_audio, judge_imports, judge_ops, judge_outputs
 from porter.smoke.env import SmokeEnv, ensure_env
 from porter.smoke.result import (
     DeviceInfo,
@@ -128,7 +128,7 @@ def run_smoke(spec: SmokeSpec, *, recipe_dir: Path, package_root: Path, device: 
         "run": list(spec.run),
         "inputs": spec.inputs,
         "weights": str(spec.weights_path(recipe_dir)) if spec.weights else None,
-        "record_ops": spec.record_ops,
+        "record_ops": spec.ops.record,
         "clip_level": spec.audio.clip_level,
         "out_dir": str(out_dir.resolve()),
     }
@@ -166,7 +166,9 @@ def run_smoke(spec: SmokeSpec, *, recipe_dir: Path, package_root: Path, device: 
     env_json = env.to_json()
     imports = None
     ops = None
+    values: dict = {}
     if measured is not None:
+        values = measured.get("values") or {}
         env_json.update({k: v for k, v in (measured.get("env") or {}).items() if k != "python"})
         outputs, out_failures = judge_outputs(spec, measured.get("outputs") or {}, kind, spec.dtype)
         failures += out_failures
@@ -181,6 +183,8 @@ def run_smoke(spec: SmokeSpec, *, recipe_dir: Path, package_root: Path, device: 
         failures += imp_failures
         notes += imp_notes
         ops = measured.get("ops")
+        failures += judge_ops(spec, ops, kind)
+        notes += [str(n) for n in measured.get("notes") or []]
         perf = _perf(measured, kind, env, audio)
         if measured.get("weights_copy", "deepcopy") != "deepcopy":
             notes.append(f"target weights: {measured['weights_copy']}")
@@ -198,6 +202,7 @@ def run_smoke(spec: SmokeSpec, *, recipe_dir: Path, package_root: Path, device: 
         imports=imports,
         error=error,
         notes=tuple(notes),
+        values=values,
         **base,
     )
     return _finish(out_dir, result)

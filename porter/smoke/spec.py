@@ -16,6 +16,7 @@ seed, dtype, the requirements of the environment the script runs in, and the pas
       outputs:
         logits: {max_abs_diff_max: 0.001}  # per-output overrides of `thresholds`
       audio: {sample_rate: 24000, duration_min_s: 0.05, duration_max_s: 30}
+      ops: {missing_max: 0}              # on npu/npu-sim: no op without an NPU kernel
 
 The schema is validated by the lead's recipe loader (frozen models, unknown keys are errors).
 `SmokeSpec.check_files(recipe_dir)` reports the file-level problems (missing script or weights)
@@ -92,6 +93,15 @@ class AudioChecks(_Frozen):
         return self
 
 
+class OpChecks(_Frozen):
+    """The aten ops that reach the npu device (npu and npu-sim runs), against the NPU kernel list
+    of the pinned torch_npu release (porter.npu). Unset maxima: listed in the report, not checked."""
+
+    record: bool = True
+    missing_max: int | None = Field(default=None, ge=0, description="ops without an NPU kernel allowed")
+    dtype_hazards_max: int | None = Field(default=None, ge=0, description="float64/complex uses allowed")
+
+
 class SmokeSpec(_Frozen):
     """The `smoke:` section of a recipe."""
 
@@ -121,7 +131,7 @@ class SmokeSpec(_Frozen):
         description="per-output overrides of `thresholds`; a listed output the script does not produce fails",
     )
     audio: AudioChecks = Field(default_factory=AudioChecks)
-    record_ops: bool = Field(default=True, description="record aten ops on npu/npu-sim (porter.npu.ops)")
+    ops: OpChecks = Field(default_factory=OpChecks)
 
     @field_validator("script")
     @classmethod
