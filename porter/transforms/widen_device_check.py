@@ -9,11 +9,9 @@ import libcst as cst
 from pydantic import BaseModel, ConfigDict, Field
 
 from porter.transforms._base import Example, PythonTransform, Rewriter, Safety
+from porter.transforms._gates import enclosing_gate
 
 _CUDA = re.compile(r"^cuda(:\d+)?$")
-_COMPILE = re.compile(
-    r"torch\.compile|\bcompile\(|cuda\.graph|CUDAGraph|make_graphed_callables|capture_model|reduce-overhead"
-)
 
 
 def _value(node: cst.BaseExpression) -> str | None:
@@ -49,43 +47,11 @@ class _Widen(Rewriter):
         )
 
     def _gated(self, node: cst.CSTNode) -> bool:
-        """True when `node` sits in the test of a branch that guards compile or CUDA graphs.
-
-        Both shapes count: `if dev == "cuda": compile(...)` and the early exit
-        `if dev != "cuda": raise ...` followed by compile in the same block.
-        """
+        """True when `node` sits in the test of a compile or flash-attention gate (see _gates):
+        widening those would switch compile on for npu, or send npu tensors to CUDA kernels."""
         if not self.params.skip_compile_gates:
             return False
-        child: cst.CSTNode = node
-        while True:
-            parent = self.parent(child)
-            if parent is None or isinstance(parent, (cst.FunctionDef, cst.ClassDef, cst.Module)):
-                return False
-            if isinstance(parent, (cst.If, cst.IfExp, cst.While)) and parent.test is child:
-                return self._guards_compile(parent)
-            child = parent
-
-    def _guards_compile(self, branch: cst.CSTNode) -> bool:
-        try:
-            from porter.transforms._gates import is_compile_gate
-        except ImportError:  # pragma: no cover - gates arrive with compile-bypass
-            is_compile_gate = None
-        if is_compile_gate is not None and is_compile_gate(branch):
-            return True
-        if isinstance(branch, cst.IfExp):
-            return bool(_COMPILE.search(self.code(branch.body) + self.code(branch.orelse)))
-        assert isinstance(branch, (cst.If, cst.While))
-        if _COMPILE.search(self.code(branch.body)):
-            return True
-        body = branch.body.body if isinstance(branch.body, cst.IndentedBlock) else ()
-        exits = bool(body) and isinstance(body[-1], cst.SimpleStatementLine) and isinstance(
-            body[-1].body[-1], (cst.Raise, cst.Return, cst.Continue, cst.Break))
-        if not exits:
-            return False
-        block = self.parent(branch)
-        siblings = list(getattr(block, "body", ()))
-        after = siblings[siblings.index(branch) + 1:] if branch in siblings else []
-        return any(_COMPILE.search(self.code(s)) for s in after)
+        return enclosing_gate(node, self.parent) is not None
 
     def leave_Comparison(self, original: cst.Comparison, updated: cst.Comparison) -> cst.BaseExpression:
         if len(updated.comparisons) != 1:
@@ -210,8 +176,10 @@ class WidenDeviceCheck(PythonTransform):
     collection gains "npu", `d.startswith("cuda")` takes a tuple, `"cuda" in str(d)` gains an `or`,
     and `x.is_cuda` becomes `x.device.type in ("cuda", "npu")`. Behaviour on CUDA and CPU is
     unchanged. This is not the one-way `cuda -> npu` swap of Ascend's GPU2Ascend tool: the ported
-    code keeps running on CUDA. Branches that guard torch.compile or CUDA graphs are left alone
-    (widening them would switch compile on for npu); compile-bypass handles those.
+    code keeps running on CUDA. Gates are left alone (porter/transforms/_gates.py): branches that
+    guard torch.compile or CUDA graphs (widening them would switch compile on for npu; see
+    compile-bypass) and checks in front of flash-attention kernels, which have no npu build
+    (see attention-fallback).
     """
 
     name = "widen-device-check"
@@ -221,7 +189,7 @@ class WidenDeviceCheck(PythonTransform):
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
         devices: tuple[str, ...] = Field(("npu",), description="device types that take the CUDA branch")
-        skip_compile_gates: bool = Field(True, description="leave checks that guard torch.compile/CUDA graphs")
+        skip_compile_gates: bool = Field(True, description="leave compile/CUDA-graph and flash-attention gates alone")
 
     rewriter = _Widen
     examples = [
@@ -278,6 +246,16 @@ class WidenDeviceCheck(PythonTransform):
             id="multi-line-with-comment",
             before='ok = (\n    device.type  # the device\n    == "cuda"\n)\n',
             after='ok = (\n    device.type  # the device\n    in ("cuda", "npu")\n)\n',
+        ),
+        Example(
+            id="flash-gate-left-alone-seed001-change-c",
+            note="flash_attn has no npu kernels; attention-fallback decides what npu does here",
+            before=(
+                "def attend(query, key, value):\n"
+                '    if query.device.type != "cuda":\n'
+                '        raise ValueError("flash_attention_2 requires CUDA tensors.")\n'
+                "    return flash_attn_func(query, key, value)\n"
+            ),
         ),
         Example(id="other-device-left-alone", before='if x.device.type != "cpu":\n    pass\n'),
         Example(id="already-widened", before='if x.device.type in ("cuda", "npu"):\n    pass\n'),
