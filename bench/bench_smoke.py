@@ -115,7 +115,7 @@ def bench_smoke(device: str, rounds: int, work: Path, venv: bool) -> dict:
         show_result("smoke/host", device, wall, result)
     out = {"host_median_s": statistics.median(walls), "host_min_s": min(walls)}
     if venv:
-        os.environ["PORTER_CACHE"] = str(work / "cache")
+        os.environ["PORTER_CACHE"] = str(work / f"cache-{device}")  # cold means cold for each device
         cold, result = smoke_once(device, work / f"{device}-venv-cold", requires=["six"])
         show_result("smoke/venv", device, cold, result)
         print(f"{'':12} venv cold (created={result.env.get('created')}): env {result.perf.env_s:.2f}s")
