@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 import libcst as cst
+from libcst.metadata import MetadataWrapper
 
 from porter.transforms import Change, Context, Finding, PythonTransform, Transform
 
@@ -112,8 +113,9 @@ def rewrite_file(path: str, data: bytes, steps: tuple[StepPlan, ...]) -> FileRes
         return FileResult(path, "skipped", f"not UTF-8 (byte {exc.start}): copied unchanged")
     text = original
     module: cst.Module | None = None
+    wrapper: MetadataWrapper | None = None
     stages: list[tuple[str, list[Change]]] = []  # (text the step received, its changes)
-    findings: list[Finding] = []
+    findings: list[tuple[int, Finding]] = []  # (number of stages before the step, finding)
     for step in wanted:
         t = step.transform
         if not t.could_match(text):
@@ -130,30 +132,37 @@ def rewrite_file(path: str, data: bytes, steps: tuple[StepPlan, ...]) -> FileRes
                             return FileResult(path, "skipped", f"does not parse ({where}): copied unchanged")
                         return FileResult(path, "failed", f"step {step.index} produced code that does not"
                                           f" parse ({where}); file copied unchanged")
-                module, outcome = t.apply_module(module, ctx)
+                before = module
+                module, outcome = t.apply_module(module, ctx, wrapper=wrapper, text=text)
+                wrapper = t.last_wrapper if module is before else None
             else:
                 outcome = t.apply(text, ctx)
                 module = None
         except Exception as exc:  # a transform bug must not take the run down
             return FileResult(path, "failed", f"step {step.index} ({t.name}) raised"
                               f" {type(exc).__name__}: {exc}; file copied unchanged")
-        findings.extend(replace(f, step=step.index) for f in outcome.findings)
+        findings.extend((len(stages), replace(f, step=step.index)) for f in outcome.findings)
         if outcome.changes:
             stages.append((text, [replace(c, step=step.index) for c in outcome.changes]))
             text = outcome.text
     if not stages:
-        return FileResult(path, "unchanged", findings=tuple(findings))
-    # Report lines in the patched file: carry each change through the steps after it.
+        return FileResult(path, "unchanged", findings=tuple(f for _, f in findings))
+    # Report lines in the patched file: carry each change and finding through the later steps.
     final = text.splitlines()
     texts = [s[0].splitlines() for s in stages] + [final]
+
+    def carry(line: int, k: int) -> int:
+        for a, b in zip(texts[k:], texts[k + 1 :]):
+            line = map_line(a, b, line)
+        return line
+
     changes: list[Change] = []
     for k, (_, stage_changes) in enumerate(stages):
         for c in stage_changes:
-            line = c.line
-            for a, b in zip(texts[k:], texts[k + 1 :]):
-                line = map_line(a, b, line)
+            line = carry(c.line, k)
             changes.append(replace(c, line=line, end_line=line + c.after.count("\n")))
-    return FileResult(path, "changed", changes=tuple(changes), findings=tuple(findings), text=text)
+    moved = tuple(replace(f, line=carry(f.line, k)) for k, f in findings)
+    return FileResult(path, "changed", changes=tuple(changes), findings=moved, text=text)
 
 
 def _worker(job: tuple[str, str]) -> FileResult:

@@ -46,6 +46,7 @@ class Site:
     what: str
     in_helper: bool = False
     compile_gate: bool = False
+    compile_path: bool = False  # behind a compile gate: only runs where the gate lets CUDA through
 
 
 def _dotted(node: ast.AST) -> str | None:
@@ -65,6 +66,7 @@ class _Visitor(ast.NodeVisitor):
         self.aliases: dict[str, str] = {}  # local name -> qualified name (from imports)
         self.helper_depth = 0
         self.gate_lines: set[int] = set()
+        self.path_lines: set[int] = set()
 
     def qualify(self, node: ast.AST) -> str | None:
         name = _dotted(node)
@@ -76,7 +78,8 @@ class _Visitor(ast.NodeVisitor):
 
     def add(self, node: ast.AST, category: str, what: str) -> None:
         line = getattr(node, "lineno", 0)
-        self.sites.append(Site(line, category, what, self.helper_depth > 0, line in self.gate_lines))
+        self.sites.append(Site(line, category, what, self.helper_depth > 0, line in self.gate_lines,
+                               line in self.path_lines))
 
     # imports
     def visit_Import(self, node: ast.Import) -> None:
@@ -109,6 +112,8 @@ class _Visitor(ast.NodeVisitor):
     def visit_If(self, node: ast.If) -> None:
         if _COMPILE.search(ast.unparse(node)):
             self._gate(node)
+            for stmt in node.body + node.orelse:
+                self.path_lines.update(range(stmt.lineno, (stmt.end_lineno or stmt.lineno) + 1))
         self.generic_visit(node)
 
     def generic_visit(self, node: ast.AST) -> None:
@@ -120,6 +125,8 @@ class _Visitor(ast.NodeVisitor):
                         stmt.body[-1], (ast.Raise, ast.Return, ast.Continue, ast.Break)):
                     if any(_COMPILE.search(ast.unparse(later)) for later in body[i + 1:]):
                         self._gate(stmt)
+                        for later in body[i + 1:]:
+                            self.path_lines.update(range(later.lineno, (later.end_lineno or later.lineno) + 1))
         super().generic_visit(node)
 
     def _gate(self, node: ast.If) -> None:
@@ -149,6 +156,13 @@ class _Visitor(ast.NodeVisitor):
         self.generic_visit(node)
 
     def visit_Call(self, node: ast.Call) -> None:
+        inner = node.func.func if isinstance(node.func, ast.Call) else node.func
+        if isinstance(inner, ast.Name) and inner.id.startswith("_porter_"):
+            # A call porter routed through one of its helpers (e.g. compile bypassed on npu).
+            self.helper_depth += 1
+            self.generic_visit(node)
+            self.helper_depth -= 1
+            return
         q = self.qualify(node.func) or ""
         text = _dotted(node.func) or ""
         if q.startswith("torch.cuda.") or q.startswith("torch.backends.cuda."):
@@ -221,6 +235,8 @@ def classify(path: str, site: Site, covered: bool, steps_used: set[str]) -> str 
         return "outside the recipe's files"
     if site.category == "device-comparison" and site.compile_gate:
         return "harmless: guards torch.compile or CUDA graphs, which stay off on npu"
+    if site.compile_path and site.category in ("compile", "cuda-only-import", "cuda-api", "device-comparison"):
+        return "harmless: on the compile/CUDA-graph path behind a gate that keeps npu out"
     if site.category == "cuda-api" and site.what.endswith("is_available()"):
         return "harmless: False on npu, so CUDA-only work is skipped there (check the else branch runs on npu)"
     handlers = HANDLED_BY.get(site.category, ())

@@ -75,7 +75,8 @@ def test_report_lists_what_is_left_with_reasons(tmp_path):
     findings = {(f["file"], f["line"]): f for f in report["findings"]}
     assert findings[("pkg/train.py", 2)]["reason"] == "outside the recipe's files"
     by_cat = {f["category"]: f["reason"] for f in report["findings"] if f["file"] == "pkg/model.py"}
-    assert by_cat["compile"].startswith("needs a decision: no step of the recipe handles compile")
+    assert by_cat["autocast"].startswith("needs a decision: no step of the recipe handles autocast")
+    assert by_cat["compile"].startswith("harmless: on the compile/CUDA-graph path")
     gate = [f for f in report["findings"] if f["code"] == 'if device != "cuda":']
     assert len(gate) == 1 and "guards torch.compile" in gate[0]["reason"]
     patched = (tmp_path / "out/s/pkg/model.py").read_text().splitlines()
@@ -83,3 +84,17 @@ def test_report_lists_what_is_left_with_reasons(tmp_path):
     assert not any(f["category"] == "cuda-api" and "mem_get_info" in f["code"] for f in report["findings"])
     md = (tmp_path / "out/s/report.md").read_text()
     assert "| pkg/train.py:2 | cuda-api |" in md
+
+
+def test_porter_routed_calls_and_compile_path_are_not_open_questions():
+    code = (
+        "import torch\n"
+        "def optimize(self):\n"
+        '    if self.device != "cuda":\n'
+        '        raise ValueError("compile needs CUDA")\n'
+        "    import triton\n"
+        '    self.f = _porter_compile_where_supported(torch.compile)(self.f, mode="reduce-overhead")\n'
+    )
+    sites = scan_source(code)
+    assert [(s.line, s.category) for s in sites] == [(3, "device-comparison"), (5, "cuda-only-import")]
+    assert sites[0].compile_gate and sites[1].compile_path

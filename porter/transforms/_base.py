@@ -169,16 +169,30 @@ class PythonTransform(Transform, abstract=True):
 
     def apply(self, text: str, ctx: Context) -> Outcome:
         module = cst.parse_module(text)
-        return self.apply_module(module, ctx)[1]
+        return self.apply_module(module, ctx, text=text)[1]
 
-    def apply_module(self, module: cst.Module, ctx: Context) -> tuple[cst.Module, Outcome]:
-        """Rewrite a parsed module; the engine chains steps through this without re-parsing."""
-        wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
+    def apply_module(
+        self,
+        module: cst.Module,
+        ctx: Context,
+        wrapper: MetadataWrapper | None = None,
+        text: str | None = None,
+    ) -> tuple[cst.Module, Outcome]:
+        """Rewrite a parsed module; the engine chains steps through this without re-parsing.
+
+        Pass the `wrapper` of the previous step when it left the module unchanged: metadata
+        (qualified names, scopes) it already resolved is reused. `text` is the module's code,
+        when the caller has it, so an unchanged module is not generated again.
+        """
+        if wrapper is None or wrapper.module is not module:
+            wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
         rewriter = self.rewriter(self, ctx)
         rewriter.wrapper = wrapper
+        self.last_wrapper = wrapper
         new_module = wrapper.visit(rewriter)
         if not rewriter.changes:
-            return module, Outcome(text=module.code, findings=tuple(rewriter.findings))
+            return module, Outcome(text=module.code if text is None else text,
+                                   findings=tuple(rewriter.findings))
         return new_module, Outcome(
             text=new_module.code,
             changes=tuple(rewriter.changes),
