@@ -21,51 +21,23 @@ generate: greedy generation on the target (KV cache, and without it: both must a
 waveform from porter's stand-in decoder below (the real MOSS audio tokenizer is another HF repo,
 not in this recipe): it checks the plumbing and the audio checks, not audio quality.
 
-Test-side changes, none in the patched code: `_sample_next_assistant_text_token` always answers
-"continue" (random weights may otherwise stop at frame 0); where torchaudio cannot be imported
-(PyPI has no torchaudio for torch 2.13, and a mismatched one fails with OSError) a stand-in
-module is registered whose functions raise: upstream imports torchaudio at module level but uses
-it only to read/resample prompt wavs and save wavs, which this smoke test does not do.
+The one test-side change, none in the patched code: `_sample_next_assistant_text_token` always
+answers "continue" (with random weights generation may otherwise stop at frame 0). torchaudio is
+not needed: the port imports it only in the functions that read or write wav files (lazy-import),
+and PyPI has no torchaudio for the host torch 2.13 (a mismatched one fails with OSError).
 
-Figures this script adds (the voice-clone batch size, free memory, attention used) are printed
-and written to <out_dir>/moss_voice_clone.json.
+Values meant to differ by device (the voice-clone batch size, the device's free/total memory, the
+attention implementations in use) are reported with ctx.note, reference and target side by side.
 """
 
 from __future__ import annotations
 
-import importlib.machinery
-import json
 import math
-import sys
 import types
 
 import torch
-
-
-def _torchaudio_stand_in() -> None:
-    try:
-        import torchaudio  # noqa: F401
-        return
-    except (ImportError, OSError) as exc:
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    for name in [m for m in sys.modules if m == "torchaudio" or m.startswith("torchaudio.")]:
-        del sys.modules[name]  # a half-imported real torchaudio
-
-    def unavailable(*_args, **_kwargs):
-        raise RuntimeError(f"torchaudio stand-in (porter smoke): the real torchaudio did not import ({reason})")
-
-    module = types.ModuleType("torchaudio")
-    module.__spec__ = importlib.machinery.ModuleSpec("torchaudio", None)  # transformers calls find_spec
-    module.load = module.save = unavailable
-    module.functional = types.SimpleNamespace(resample=unavailable)
-    module.PORTER_STAND_IN = reason
-    sys.modules["torchaudio"] = module
-
-
-_torchaudio_stand_in()
-
-from moss_tts_nano.configuration_moss_tts_nano import MossTTSNanoConfig  # noqa: E402
-from moss_tts_nano.modeling_moss_tts_nano import MossTTSNanoForCausalLM  # noqa: E402
+from moss_tts_nano.configuration_moss_tts_nano import MossTTSNanoConfig
+from moss_tts_nano.modeling_moss_tts_nano import MossTTSNanoForCausalLM
 
 N_VQ = 4
 CODEBOOK = 16
@@ -168,24 +140,24 @@ def _voice_clone_chunks(model, ctx) -> torch.Tensor:
     per_sample_gb = float(ctx.inputs.get("max_memory_per_sample_gb", 16.0))
     batch = model._resolve_voice_clone_chunk_batch_size(
         resolved_device=device, chunk_count=len(chunks), max_memory_per_sample_gb=per_sample_gb)
-    figures = {"role": ctx.role, "device": str(device), "device_kind": ctx.device_kind, "chunks": len(chunks),
-               "max_memory_per_sample_gb": per_sample_gb, "batch_size": int(batch),
-               "attention": {"global": model.transformer.attn_implementation,
-                             "local": model.local_transformer.attn_implementation}}
+    ctx.note("voice_clone.batch_size", int(batch))
+    ctx.note("attention.global", model.transformer.attn_implementation)
+    ctx.note("attention.local", model.local_transformer.attn_implementation)
     if _on_npu(ctx):
         free, total = torch.npu.mem_get_info(device)
         want = max(1, min(len(chunks), int(free * 0.9) // int(per_sample_gb * 1024**3)))
-        figures.update(free_bytes=int(free), total_bytes=int(total), expected_batch_size=want)
         fallback = model._select_fallback_attention_implementation(device)
-        figures["fallback_attention"] = fallback
-        _report(ctx, figures)
+        ctx.note("device.free_bytes", int(free))
+        ctx.note("device.total_bytes", int(total))
+        ctx.note("voice_clone.expected_batch_size", want)
+        ctx.note("attention.stability_fallback", fallback)
+        print(f"moss_tts_nano voice clone on {device}: {len(chunks)} chunks, {per_sample_gb} GiB per sample, "
+              f"{free} of {total} bytes free -> batch size {batch} (expected {want})", flush=True)
         if batch != want:
             raise AssertionError(f"voice-clone batch size {batch} on {device}, but the device reports "
                                  f"{free} of {total} bytes free, which gives {want} (change A not ported?)")
         if fallback != "sdpa":
             raise AssertionError(f"fallback attention on {device} is {fallback!r}, expected 'sdpa' (change B)")
-    else:
-        _report(ctx, figures)
     frames = int(ctx.inputs.get("voice_clone_frames", 3))
     tokens = []
     for start in range(0, len(chunks), batch):
@@ -194,14 +166,6 @@ def _voice_clone_chunks(model, ctx) -> torch.Tensor:
                              use_kv_cache=True)
         tokens.append(gen.audio_token_ids)
     return torch.cat(tokens, dim=0)
-
-
-def _report(ctx, figures: dict) -> None:
-    print("moss_tts_nano voice-clone batching:", json.dumps(figures), flush=True)
-    path = ctx.out_dir / "moss_voice_clone.json"
-    seen = json.loads(path.read_text()) if path.is_file() else {}
-    seen[ctx.role] = figures
-    path.write_text(json.dumps(seen, indent=1) + "\n")
 
 
 def generate(model, ctx):
