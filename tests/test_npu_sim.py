@@ -382,3 +382,22 @@ def test_this_pytest_process_keeps_plain_torch():
     assert torch._C._get_privateuse1_backend_name() == "privateuseone"
     assert getattr(torch, "npu", None) is None
     assert "torch_npu" not in sys.modules
+
+
+def test_views_under_inference_mode():
+    """voxcpm and Ming generate under torch.inference_mode and take views of weights there."""
+    out = run_sim(
+        """
+        import torch
+        import torch_npu
+        p = torch.randn(1, 4).to("npu")
+        with torch.inference_mode():
+            e = p.expand(2, 4)
+            s = p[:, 1:3]
+            u = p.unsqueeze(0)
+            y = (e * 2).sum()
+        emit({"dev": [e.device.type, s.device.type, u.device.type], "ok": bool(torch.allclose(
+            y.cpu(), (p.cpu().expand(2, 4) * 2).sum())), "inference": [e.is_inference(), y.is_inference()]})
+        """
+    )
+    assert out == {"dev": ["npu", "npu", "npu"], "ok": True, "inference": [False, True]}

@@ -152,10 +152,20 @@ def _wrap_view(cpu: torch.Tensor, base: NpuSimTensor) -> NpuSimTensor:
     root = getattr(base, "_root", None)
     if root is None:  # not an npu tensor after all: count the result on its own
         return _wrap_new(cpu)
-    w = _make_wrapper(
-        NpuSimTensor, cpu.size(), cpu.stride(), cpu.storage_offset(), None, cpu.dtype, cpu.layout,
-        _DEV, False, False,
-    )
+    if torch.is_inference_mode_enabled() and not base.is_inference():
+        # A view of a normal tensor made under inference_mode is a normal tensor (as on a real
+        # device); making the wrapper inside inference mode would try to give it an inference
+        # version counter and fail ("Cannot set version_counter for inference tensor").
+        with torch.inference_mode(False):
+            w = _make_wrapper(
+                NpuSimTensor, cpu.size(), cpu.stride(), cpu.storage_offset(), None, cpu.dtype,
+                cpu.layout, _DEV, False, False,
+            )
+    else:
+        w = _make_wrapper(
+            NpuSimTensor, cpu.size(), cpu.stride(), cpu.storage_offset(), None, cpu.dtype, cpu.layout,
+            _DEV, False, False,
+        )
     w._cpu = cpu
     w._root = root
     return w
