@@ -95,10 +95,14 @@ def _glob(pattern: str) -> re.Pattern[str]:
 
 
 def map_line(old: list[str], new: list[str], line: int) -> int:
-    """Where 1-based `line` of `old` is in `new` (start of its replacement when it changed)."""
+    """Where 1-based `line` of `old` is in `new`; a replaced line maps to its counterpart in the
+    replacement (the same offset, clamped to the replacement's length)."""
     for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes():
-        if i1 <= line - 1 < i2 or (tag == "insert" and i1 == line - 1):
-            return j1 + (line - 1 - i1 if tag == "equal" else 0) + 1
+        if i1 <= line - 1 < i2:
+            offset = line - 1 - i1
+            if tag != "equal":
+                offset = min(offset, max(j2 - j1 - 1, 0))
+            return j1 + offset + 1
     return len(new)
 
 

@@ -244,3 +244,11 @@ def test_nan_output_fails_the_smoke_naming_the_output(work: Path, capsys):
     assert run("apply", str(recipe), "--out", str(work / "out"), "--device", "cpu") == 1
     err = capsys.readouterr().err
     assert "smoke test failed" in err and "out" in err and "NaN" in err
+
+
+def test_map_line_follows_insertions_and_replacements():
+    from porter.rewrite import map_line
+
+    assert [map_line(["x", "a1", "a2", "y"], ["x", "b1", "b2", "y"], n) for n in (2, 3, 4)] == [2, 3, 4]
+    assert [map_line(["h", "x", "y"], ["h", "n1", "n2", "n3", "x", "y"], n) for n in (2, 3)] == [5, 6]
+    assert map_line(["h", "x", "y"], ["h", "y"], 3) == 2
