@@ -126,7 +126,7 @@ def rewrite_file(path: str, data: bytes, steps: tuple[StepPlan, ...]) -> FileRes
             continue
         ctx = Context(path=path, step=step.index)
         try:
-            if isinstance(t, PythonTransform):
+            if isinstance(t, PythonTransform) and path.endswith((".py", ".pyi")):
                 if module is None:
                     try:
                         module = cst.parse_module(text)

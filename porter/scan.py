@@ -47,6 +47,7 @@ class Site:
     in_helper: bool = False
     compile_gate: bool = False
     compile_path: bool = False  # behind a compile gate: only runs where the gate lets CUDA through
+    optional_import: bool = False  # inside try/except ImportError
 
 
 def _dotted(node: ast.AST) -> str | None:
@@ -67,6 +68,7 @@ class _Visitor(ast.NodeVisitor):
         self.helper_depth = 0
         self.gate_lines: set[int] = set()
         self.path_lines: set[int] = set()
+        self.optional_depth = 0
 
     def qualify(self, node: ast.AST) -> str | None:
         name = _dotted(node)
@@ -79,7 +81,8 @@ class _Visitor(ast.NodeVisitor):
     def add(self, node: ast.AST, category: str, what: str) -> None:
         line = getattr(node, "lineno", 0)
         self.sites.append(Site(line, category, what, self.helper_depth > 0, line in self.gate_lines,
-                               line in self.path_lines))
+                               line in self.path_lines,
+                               optional_import=self.optional_depth > 0 and what.startswith(("import", "from"))))
 
     # imports
     def visit_Import(self, node: ast.Import) -> None:
@@ -88,6 +91,23 @@ class _Visitor(ast.NodeVisitor):
             if a.name.split(".")[0] in CUDA_ONLY_MODULES:
                 self.add(node, "cuda-only-import" if not a.name.startswith("flash_attn") else "flash-attention",
                          f"import {a.name}")
+
+    def visit_Try(self, node: ast.Try) -> None:
+        # `try: import flash_attn / except ImportError: ...` is an optional import: harmless.
+        handles = any(
+            h.type is None or "ImportError" in ast.unparse(h.type) or "Exception" in ast.unparse(h.type)
+            for h in node.handlers
+        )
+        if handles:
+            self.optional_depth += 1
+            for stmt in node.body:
+                self.visit(stmt)
+            self.optional_depth -= 1
+            for part in (node.handlers, node.orelse, node.finalbody):
+                for stmt in part:
+                    self.visit(stmt)
+        else:
+            self.generic_visit(node)
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
         mod = node.module or ""
@@ -233,6 +253,8 @@ def classify(path: str, site: Site, covered: bool, steps_used: set[str]) -> str 
         return None
     if not covered:
         return "outside the recipe's files"
+    if site.optional_import:
+        return "harmless: an optional import inside try/except, the module imports without it"
     if site.category == "device-comparison" and site.compile_gate:
         return "harmless: guards torch.compile or CUDA graphs, which stay off on npu"
     if site.compile_path and site.category in ("compile", "cuda-only-import", "cuda-api", "device-comparison"):

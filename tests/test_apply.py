@@ -252,3 +252,16 @@ def test_map_line_follows_insertions_and_replacements():
     assert [map_line(["x", "a1", "a2", "y"], ["x", "b1", "b2", "y"], n) for n in (2, 3, 4)] == [2, 3, 4]
     assert [map_line(["h", "x", "y"], ["h", "n1", "n2", "n3", "x", "y"], n) for n in (2, 3)] == [5, 6]
     assert map_line(["h", "x", "y"], ["h", "y"], 3) == 2
+
+
+def test_python_transform_with_json_default_files_never_parses_json_as_python(work: Path):
+    (work / "tinytts/config.json").write_text('{\n  "attn_implementation": "flash_attention_2"\n}\n')
+    recipe = work / "tinytts.yaml"
+    recipe.write_text(recipe.read_text() + "  - use: attention-fallback\n    reason: flash falls back on npu\n")
+    out = work / "out"
+    assert run("apply", str(recipe), "--out", str(out), "--no-smoke") == 0
+    shipped = out / "tinytts/config.json"
+    assert json.loads(shipped.read_text()) == {"attn_implementation": "flash_attention_2"}
+    report = json.loads((out / "tinytts/report.json").read_text())
+    assert not report["files"]["failed"]
+    assert any(f["file"] == "config.json" for f in report["findings"])  # reported, not rewritten

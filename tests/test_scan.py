@@ -98,3 +98,13 @@ def test_porter_routed_calls_and_compile_path_are_not_open_questions():
     sites = scan_source(code)
     assert [(s.line, s.category) for s in sites] == [(3, "device-comparison"), (5, "cuda-only-import")]
     assert sites[0].compile_gate and sites[1].compile_path
+
+
+def test_guarded_optional_import_is_harmless():
+    from porter.scan import classify
+
+    code = "try:\n    from flash_attn import flash_attn_func\nexcept ImportError:\n    flash_attn_func = None\nimport xformers\n"
+    sites = scan_source(code)
+    assert [(s.line, s.optional_import) for s in sites] == [(2, True), (5, False)]
+    assert classify("m.py", sites[0], True, set()).startswith("harmless: an optional import")
+    assert classify("m.py", sites[1], True, set()).startswith("needs a decision")
