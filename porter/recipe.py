@@ -47,7 +47,8 @@ class Source(BaseModel):
     rev: str | None = Field(None, description="full 40-hex commit sha")
     hub: str | None = Field(None, description="Hugging Face repo id")
     revision: str | None = None
-    files: tuple[str, ...] | None = Field(None, description="hub: allow patterns")
+    files: tuple[str, ...] | None = Field(
+        None, description="globs of the files to take from the source (all when omitted)")
     note: str = ""
 
     @field_validator("into")

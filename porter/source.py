@@ -282,6 +282,13 @@ def fetch_tree(sources: tuple[Source, ...], recipe_dir: Path, overrides: dict[st
         tree.sources.append(fetched)
         files, skipped = walk(fetched.root)
         _drop_porter_output(fetched.root, files, skipped)
+        if spec.files:
+            from porter.rewrite import _glob
+
+            kept = {r: p for r, p in files.items() if any(_glob(g).match(r) for g in spec.files)}
+            fetched.provenance["files"] = list(spec.files)
+            fetched.provenance["files_left_out"] = len(files) - len(kept)
+            files = kept
         prefix = PurePosixPath(spec.into)
         for rel, p in files.items():
             dest = (prefix / rel).as_posix() if spec.into != "." else rel

@@ -83,3 +83,17 @@ def test_two_sources_with_into_and_overrides(tmp_path):
     assert 'ok = device in ("cuda", "npu")' in (out / "scripts/infer.py").read_text()
     kinds = [s["kind"] for s in json.loads((out / "report.json").read_text())["sources"]]
     assert kinds == ["override", "override"]
+
+
+def test_source_files_filter(tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(FIXTURES / "tinytts", src)
+    (src / "assets").mkdir()
+    (src / "assets/big.bin").write_bytes(b"\0" * 1000)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("porter: 1\nname: f\nsource: {path: src, files: ['tinytts/**/*.py']}\nsteps: []\n")
+    assert main(["apply", str(recipe), "--out", str(tmp_path / "out"), "--no-smoke"]) == 0
+    out = tmp_path / "out/f"
+    assert (out / "tinytts/model.py").is_file() and not (out / "assets").exists()
+    prov = json.loads((out / "report.json").read_text())["sources"][0]
+    assert prov["files_left_out"] == 1
