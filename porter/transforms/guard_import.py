@@ -51,16 +51,13 @@ def _dotted(node: cst.BaseExpression) -> str:
     return ""
 
 
-def _top(stmt: cst.BaseSmallStatement) -> str | None:
-    """The top-level package an import statement imports from (None: relative or not an import)."""
+def _tops(stmt: cst.BaseSmallStatement) -> set[str]:
+    """The top-level packages an import statement imports from (empty: relative or not an import)."""
     if isinstance(stmt, cst.Import):
-        tops = {_dotted(a.name).split(".")[0] for a in stmt.names}
-        return tops.pop() if len(tops) == 1 else "<several>"
-    if isinstance(stmt, cst.ImportFrom):
-        if stmt.relative or stmt.module is None:
-            return None
-        return _dotted(stmt.module).split(".")[0]
-    return None
+        return {_dotted(a.name).split(".")[0] for a in stmt.names}
+    if isinstance(stmt, cst.ImportFrom) and not stmt.relative and stmt.module is not None:
+        return {_dotted(stmt.module).split(".")[0]}
+    return set()
 
 
 def _bound(stmt: cst.BaseSmallStatement) -> list[str] | None:
@@ -201,11 +198,11 @@ class _GuardImport(Rewriter):
     def _guardable(self, stmt: cst.BaseStatement) -> bool:
         if not isinstance(stmt, cst.SimpleStatementLine):
             return False
-        tops = [_top(s) for s in stmt.body]
-        ours = [t in self.params.modules for t in tops]
-        if not any(ours):
+        modules = set(self.params.modules)
+        tops = [_tops(s) for s in stmt.body]
+        if not any(t & modules for t in tops):
             return False
-        if not all(ours) or any(_bound(s) is None for s in stmt.body):
+        if not all(t and t <= modules for t in tops) or any(_bound(s) is None for s in stmt.body):
             self.find(stmt, "needs-decision",
                       "import of a guarded package that cannot be wrapped (mixed with other statements,"
                       " several packages in one import, or `import *`); guard it by hand")
@@ -258,7 +255,7 @@ class _GuardImport(Rewriter):
     def _check_try(self, stmt: cst.Try) -> None:
         """Imports already inside a try are left alone; say so when its handlers miss an error."""
         has_import = any(
-            isinstance(s, cst.SimpleStatementLine) and any(_top(x) in self.params.modules for x in s.body)
+            isinstance(s, cst.SimpleStatementLine) and any(_tops(x) & set(self.params.modules) for x in s.body)
             for s in stmt.body.body  # type: ignore[attr-defined]
         )
         if not has_import:
@@ -269,7 +266,7 @@ class _GuardImport(Rewriter):
                 return  # bare except catches everything
             types = h.type.elements if isinstance(h.type, cst.Tuple) else [h.type]  # type: ignore[attr-defined]
             for t in types:
-                caught.add(_dotted(getattr(t, "value", t)).split(".")[-1])
+                caught.add(_dotted(t.value if isinstance(t, cst.Element) else t).split(".")[-1])
         if caught & _BROAD:
             return
         missing = [e for e in self.params.errors if e.split(".")[-1] not in caught]
