@@ -9,9 +9,9 @@
   CPU float32 reference, 2.00 s of 24 kHz audio, no auto-compile on npu;
 * the port changes nothing for CPU users: the same smoke on `--device cpu` gives bit-identical
   outputs and audio for the patched package and for the unpatched wheel;
-* seed 002's import-order fix: transformers has no entry point that imports torch_npu at import
-  time, so the fix belongs to the caller's script; the import-order transform on a script shaped
-  like the seed's puts transformers first.
+* seed 002's import-order fix: no transformers module imports torch_npu unguarded at its top level
+  (transformers loads it itself, after its own package), so the fix belongs to the caller's script;
+  the import-order transform on a script shaped like the seed's puts transformers first.
 """
 
 from __future__ import annotations
@@ -193,9 +193,10 @@ def test_cpu_outputs_identical_to_unpatched_upstream(applied, tmp_path):
 @network
 @pytest.mark.slow
 def test_transformers_imports_torch_npu_only_lazily(applied):
-    """No transformers module imports torch_npu (or transfer_to_npu) when it is imported: it is
-    loaded inside is_torch_npu_available() or behind it. So the seed's fix has no place inside
-    transformers; it belongs to the entry point that imports torch_npu (next test)."""
+    """No transformers module imports torch_npu (or transfer_to_npu) unguarded at its top level:
+    transformers loads torch_npu itself, inside is_torch_npu_available() or behind it, so always
+    after its own package is loaded. The seed's fix has no place inside transformers; it belongs
+    to the caller's entry point that imports torch_npu first (next test)."""
     eager = []
     for rel, path in applied.build.tree.files.items():
         if not rel.endswith(".py"):
