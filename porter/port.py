@@ -97,8 +97,7 @@ def _scan(loaded: LoadedRecipe, tree: SourceTree, result: RewriteResult, steps: 
 
     return scan_tree(
         texts(),
-        covered=lambda p: any(s.wants(p) for s in steps),
-        steps_used={t.name for t in loaded.transforms},
+        transforms_for=lambda p: {s.transform.name for s in steps if s.wants(p)},
         already={(f.file, f.line) for f in result.findings},
     )
 

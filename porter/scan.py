@@ -14,7 +14,7 @@ from __future__ import annotations
 import ast
 import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 from porter.transforms import Finding
 
@@ -35,7 +35,7 @@ HANDLED_BY = {
     "compile": ("compile-bypass",),
     "autocast": ("autocast-device",),
     "hardcoded-device": ("hardcoded-device",),
-    "cuda-only-import": ("attention-fallback",),
+    "cuda-only-import": ("attention-fallback", "guard-import", "lazy-import"),
 }
 
 
@@ -265,25 +265,28 @@ def classify(path: str, site: Site, covered: bool, steps_used: set[str]) -> str 
     if site.category == "cuda-api":
         handlers = ("mem-get-info",) if "mem_get_info" in site.what else ("cuda-api",)
     if not any(h in steps_used for h in handlers):
-        return f"needs a decision: no step of the recipe handles {site.category}" + (
+        return f"needs a decision: no step for this file handles {site.category}" + (
             f" (see {', '.join(handlers)})" if handlers else "")
     return f"needs a decision: {'/'.join(h for h in handlers if h in steps_used)} left it unchanged"
 
 
 def scan_tree(
     texts: Iterable[tuple[str, str]],
-    covered: callable,  # type: ignore[valid-type]
-    steps_used: set[str],
+    transforms_for: Callable[[str], set[str]],
     already: set[tuple[str, int]],
 ) -> list[Finding]:
-    """Findings for every CUDA-specific site left in (path, text) pairs of the patched tree."""
+    """Findings for every CUDA-specific site left in (path, text) pairs of the patched tree.
+
+    `transforms_for(path)` names the transforms of the steps whose files: include `path`.
+    """
     out: list[Finding] = []
     for path, text in texts:
         lines = text.splitlines()
         for site in scan_source(text):
             if (path, site.line) in already:
                 continue  # a transform already reported this site with its own reason
-            reason = classify(path, site, covered(path), steps_used)
+            used = transforms_for(path)
+            reason = classify(path, site, bool(used), used)
             if reason is None:
                 continue
             code = lines[site.line - 1].strip()[:160] if 0 < site.line <= len(lines) else site.what

@@ -75,7 +75,7 @@ def test_report_lists_what_is_left_with_reasons(tmp_path):
     findings = {(f["file"], f["line"]): f for f in report["findings"]}
     assert findings[("pkg/train.py", 2)]["reason"] == "outside the recipe's files"
     by_cat = {f["category"]: f["reason"] for f in report["findings"] if f["file"] == "pkg/model.py"}
-    assert by_cat["autocast"].startswith("needs a decision: no step of the recipe handles autocast")
+    assert by_cat["autocast"].startswith("needs a decision: no step for this file handles autocast")
     assert by_cat["compile"].startswith("harmless: on the compile/CUDA-graph path")
     gate = [f for f in report["findings"] if f["code"] == 'if device != "cuda":']
     assert len(gate) == 1 and "guards torch.compile" in gate[0]["reason"]

@@ -286,8 +286,11 @@ class Rewriter(m.MatcherDecoratableTransformer):
         body = list(updated.body)
         at = _after_imports(body)
         new_nodes = []
+        nl = updated.default_newline
         for src in missing:
-            helper = cst.parse_statement(src)
+            # Written in the module's own line endings (CRLF files stay CRLF, docstrings included).
+            helper = cst.parse_statement(src.replace("\n", nl),
+                                         config=cst.PartialParserConfig(default_newline=nl))
             helper = helper.with_changes(
                 leading_lines=[cst.EmptyLine(), cst.EmptyLine()]
             ) if isinstance(helper, cst.FunctionDef) else helper
