@@ -20,13 +20,15 @@ its own seeded inputs so that one component's error does not flow into the next:
   * aggregator     linear_proj_audio: latent patches -> LLM input embeddings;
   * audio_decoder  AudioVAE decoder (fc1, upsampling, Qwen2 decoder, ISTFT head with complex
                    tensors, irfft and fold) -> waveform, non-streaming.
-The audio decoder is called through `decoder.low_level_reconstruct`, which is what the
-`@torch.inference_mode()` method `AudioVAE.decode` calls; generate() uses inference mode and the
-npu autocast region, which porter's npu-sim cannot run yet (see the recipe's smoke notes).
+The audio decoder is called as generate() calls it, through the `@torch.inference_mode()` method
+`AudioVAE.decode` (here in one piece, without the streaming state).
 
-generate: `model.generate()` (autoregressive backbone + CFM sampling + streaming VAE decode) with a
-tiny stand-in tokenizer, a few decode steps; the waveform is random-weight noise, so only its
-validity is checked.
+generate: `model.generate()` (autoregressive backbone inside the bf16 autocast region + CFM
+sampling + streaming VAE decode) with a tiny stand-in tokenizer, a few decode steps; the waveform is
+random-weight noise, so only its validity is checked (see the recipe's `smoke.audio`). The recipe
+runs it with a float32 model, where the autocast regions still run the backbone in bfloat16;
+tests/test_recipe_ming_omni_tts.py also runs it with a bfloat16 model, which upstream cannot do
+off CUDA.
 
 `ctx.weights` (smoke.weights): a directory with the real checkpoint (config.json +
 model.safetensors) is loaded with from_pretrained instead, and every checkpoint key must load:
@@ -120,7 +122,7 @@ def forward(model, ctx):
     agg = model.linear_proj_audio(ctx.randn(3, patch, latent))
 
     z = ctx.randn(1, frames // patch, latent)
-    audio, _, _ = model.audio.decoder.low_level_reconstruct(z, use_cache=False, stream_state=(None, None, None))
+    audio, _, _ = model.audio.decode(z, use_cache=False)
 
     note = getattr(ctx, "note", lambda name, value: value)  # shown in the report, never compared
     note("vae_attention", model.audio.encoder.encoder.config._attn_implementation)
