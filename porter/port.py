@@ -146,7 +146,13 @@ def apply(
 ) -> ApplyOutcome:
     loaded = load_recipe(recipe_path)
     target = (out or DEFAULT_OUT) / loaded.recipe.name
-    progress(f"fetching {', '.join(s.label for s in loaded.recipe.sources)}")
+    overrides = overrides or {}
+
+    def shown(i: int, s: Any) -> str:
+        local = overrides.get(s.id) if s.id in overrides else (overrides.get(None) if i == 0 else None)
+        return f"{local} (instead of {s.label})" if local else s.label
+
+    progress(f"source: {', '.join(shown(i, s) for i, s in enumerate(loaded.recipe.sources))}")
     build = build_port(loaded, overrides or {}, jobs=jobs)
     outcome = ApplyOutcome(target=target, build=build)
     problems = _problems(build)

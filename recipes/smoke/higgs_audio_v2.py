@@ -91,19 +91,7 @@ def _generate_codes(model, ctx):
     prompt = [1, 17, 33, 45, 60, 71, 88, AUDIO_OUT_BOS]  # ends in <|audio_out_bos|>: audio generation
     ids = torch.tensor([[PAD] * n_pad + prompt], device=ctx.device)
     mask = torch.tensor([[0] * n_pad + [1] * len(prompt)], device=ctx.device)
-    generate = model.generate
-    if ctx.device_kind == "npu-sim":
-        # Simulator gap (porter/npu, reported): an npu-sim tensor made outside torch.inference_mode
-        # (the parameters, these inputs) cannot be viewed inside it ("Cannot set version_counter for
-        # inference tensor"), and boson's generate() is decorated with @torch.inference_mode().
-        # On npu-sim only, call the undecorated function; porter runs every call under
-        # torch.no_grad(), which computes the same values. The CPU reference and real npu run
-        # upstream's decorated generate().
-        generate = type(model).generate.__wrapped__.__get__(model)
-        (ctx.out_dir / "higgs_audio_v2-sim-note.txt").write_text(
-            "npu-sim: generate() ran without its @torch.inference_mode() decorator (under torch.no_grad())"
-            " because the simulator cannot view non-inference tensors inside inference mode.\n"
-        )
+    generate = model.generate  # upstream's own, @torch.inference_mode() included, on every device
     _text_ids, audio_sequences = generate(
         input_ids=ids, attention_mask=mask,
         audio_out_bos_token_id=AUDIO_OUT_BOS, audio_eos_token_id=AUDIO_EOS,
