@@ -31,6 +31,9 @@ def cli() -> None:
     porter diff recipes/voxcpm2.yaml        the unified diff on stdout, nothing written
     porter transforms                       every transform, one line each
     porter explain widen-device-check       a transform's doc, params and examples
+    porter validate RECIPE                  check a recipe without fetching anything
+    porter remap SRC DST --rules r.yaml     rename checkpoint keys (safetensors), --verify
+    porter npu-kernels 2.14.0               regenerate the NPU kernel list from a torch_npu wheel
 
     Exit codes: 0 ok, 1 the port has a problem (drift, stale, smoke failed), 2 usage error.
     """
