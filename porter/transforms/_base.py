@@ -214,6 +214,15 @@ class Rewriter(m.MatcherDecoratableTransformer):
         ScopeProvider,
     )
 
+    @classmethod
+    def get_inherited_dependencies(cls):  # type: ignore[override]
+        """Exactly the nearest METADATA_DEPENDENCIES, not the union over the class hierarchy.
+
+        libcst unions every base class's dependencies, so a rewriter that declares `()` still paid
+        for the base's scope and qualified-name analysis (most of a run's time on voxcpm).
+        """
+        return frozenset(cls.METADATA_DEPENDENCIES)
+
     def __init__(self, transform: Transform, ctx: Context) -> None:
         super().__init__()
         self.transform = transform
