@@ -225,7 +225,8 @@ class CompileBypass(PythonTransform):
 
     name = "compile-bypass"
     safety = Safety.NPU_ONLY
-    prefilter = re.compile(r"compile|CUDAGraph|cuda\.graph|graphed|capture|reduce-overhead|max-autotune")
+    # `compile` as a word (torch.compile, aliases, partial(torch.compile)); not is_compiling/compiler.
+    prefilter = re.compile(r"\bcompile\b|CUDAGraph|cuda\.graph|graphed_callables|_dynamo\.optimize")
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)

@@ -147,7 +147,7 @@ class ImportOrder(PythonTransform):
 
     name = "import-order"
     safety = Safety.SAFE  # an extra import of a package already used; torch_npu only where installed
-    prefilter = re.compile(r"npu")
+    prefilter = re.compile(r"\bnpu\b|torch_npu")  # not the "npu" in "input"
     rewriter = _Rewrite
 
     class Params(BaseModel):
