@@ -290,7 +290,7 @@ class CudaApi(PythonTransform):
 
     name = "cuda-api"
     safety = Safety.SAFE  # torch.cuda on CUDA/CPU hosts, exactly as before; npu takes the CUDA path
-    prefilter = re.compile(r"cuda")
+    prefilter = re.compile(r"\bcuda\b")  # torch.cuda, "cuda:0", .cuda(); not use_cuda_graph
     rewriter = _Rewrite
 
     class Params(BaseModel):

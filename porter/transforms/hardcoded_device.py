@@ -319,7 +319,7 @@ class HardcodedDevice(PythonTransform):
 
     name = "hardcoded-device"
     safety = Safety.SAFE  # CUDA/CPU hosts evaluate the upstream expression; npu takes the CUDA path
-    prefilter = re.compile(r"cuda")
+    prefilter = re.compile(r"\bcuda\b")  # torch.cuda, "cuda:0", .cuda(); not use_cuda_graph
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
