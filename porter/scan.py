@@ -129,7 +129,27 @@ class _Visitor(ast.NodeVisitor):
 
     visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
 
+    def visit_IfExp(self, node: ast.IfExp) -> None:
+        if _porter_test(node.test):
+            # `"npu" if _porter_npu_available() else <upstream, verbatim>`: the else runs off npu.
+            self.visit(node.test)
+            self.visit(node.body)
+            self.helper_depth += 1
+            self.visit(node.orelse)
+            self.helper_depth -= 1
+            return
+        self.generic_visit(node)
+
     def visit_If(self, node: ast.If) -> None:
+        if _porter_test(node.test):
+            self.visit(node.test)
+            for stmt in node.body:
+                self.visit(stmt)
+            self.helper_depth += 1
+            for stmt in node.orelse:
+                self.visit(stmt)
+            self.helper_depth -= 1
+            return
         if _COMPILE.search(ast.unparse(node)):
             self._gate(node)
             for stmt in node.body + node.orelse:
@@ -220,6 +240,14 @@ class _Visitor(ast.NodeVisitor):
         if q in ("torch.device",) and node.args and _is_cuda_literal(node.args[0]):
             self.add(node, "hardcoded-device", ast.unparse(node)[:120])
         self.generic_visit(node)
+
+
+def _porter_test(test: ast.AST) -> bool:
+    """A branch test porter wrote: it calls one of its `_porter_*` helpers."""
+    return any(
+        isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id.startswith("_porter_")
+        for n in ast.walk(test)
+    )
 
 
 def _is_cuda_literal(node: ast.AST) -> bool:

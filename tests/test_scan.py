@@ -108,3 +108,16 @@ def test_guarded_optional_import_is_harmless():
     assert [(s.line, s.optional_import) for s in sites] == [(2, True), (5, False)]
     assert classify("m.py", sites[0], True, set()).startswith("harmless: an optional import")
     assert classify("m.py", sites[1], True, set()).startswith("needs a decision")
+
+
+def test_upstream_branch_kept_behind_a_porter_test_is_not_reported():
+    code = (
+        "import torch\n"
+        'device = "npu" if _porter_npu_available() else ("cuda" if torch.cuda.is_available() else "cpu")\n'
+        "if _porter_npu_available():\n"
+        "    torch.npu.synchronize()\n"
+        "else:\n"
+        "    torch.cuda.synchronize()\n"
+        "torch.cuda.synchronize()\n"
+    )
+    assert [(s.line, s.in_helper) for s in scan_source(code)] == [(2, True), (6, True), (7, False)]

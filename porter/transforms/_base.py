@@ -304,6 +304,13 @@ class Rewriter(m.MatcherDecoratableTransformer):
                 leading_lines=[cst.EmptyLine(), cst.EmptyLine()]
             ) if isinstance(helper, cst.FunctionDef) else helper
             new_nodes.append(helper)
+        # The insertion lands somewhere in the blank lines in front of the next statement.
+        below = 0
+        if at < len(body):
+            for ll in getattr(body[at], "leading_lines", ()):
+                if ll.comment is not None:
+                    break
+                below += 1
         # Two blank lines after the helpers, before whatever followed the imports.
         if at < len(body):
             nxt = body[at]
@@ -321,7 +328,7 @@ class Rewriter(m.MatcherDecoratableTransformer):
                 Change(
                     file=self.ctx.path,
                     line=line,
-                    end_line=line,
+                    end_line=line + below,
                     transform=self.transform.name,
                     before="",
                     after=src.strip(),
