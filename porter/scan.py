@@ -193,6 +193,8 @@ class _Visitor(ast.NodeVisitor):
     def visit_Attribute(self, node: ast.Attribute) -> None:
         if node.attr == "is_cuda":
             self.add(node, "device-comparison", ast.unparse(node)[:120])
+        elif node.attr == "compile" and self.qualify(node) == "torch.compile":
+            self.add(node, "compile", "torch.compile")  # decorators and references, not only calls
         self.generic_visit(node)
 
     def visit_Call(self, node: ast.Call) -> None:

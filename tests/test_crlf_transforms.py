@@ -3,10 +3,8 @@ with CRLF on every line: each transform example, with its line endings turned in
 exactly what the transform gives for the LF text, with CRLF line endings (the examples' own
 expected outputs are tests/test_transform_examples.py's business).
 
-Known gap (reported to the lead): helpers written into a module through `Rewriter.need_helper` keep
-the LF line breaks inside their multi-line docstrings, so a CRLF file gets a few LF lines (Python
-and `git apply` do not mind; the file has mixed line endings). The examples that insert such a
-helper are marked xfail (not strict: it passes once fixed); `pytest --runxfail` shows them failing.
+Helpers written into a module through `Rewriter.need_helper` are parsed in the module's own
+newline, docstrings included (they used to keep LF lines inside CRLF files).
 """
 
 from __future__ import annotations
@@ -22,25 +20,7 @@ CASES = [
     if ex.after is not None and "\n" in ex.before
 ]
 
-MULTILINE_DOCSTRING_HELPERS = {"attention-fallback", "compile-bypass"}
-
-
-def _known_gap(name, cls, ex) -> bool:
-    if name not in MULTILINE_DOCSTRING_HELPERS:
-        return False
-    out = cls(ex.params).apply(ex.before, Context(path=ex.path))
-    return any(c.kind == "helper" and '"""' in c.after and "\n" in c.after.split('"""')[1] for c in out.changes)
-
-
-@pytest.mark.parametrize(
-    "name,cls,ex",
-    [
-        pytest.param(*case, id=f"{case[0]}:{case[2].id}",
-                     marks=[pytest.mark.xfail(reason="helper docstrings keep LF line breaks in CRLF files")]
-                     if _known_gap(*case) else [])
-        for case in CASES
-    ],
-)
+@pytest.mark.parametrize("name,cls,ex", [pytest.param(*case, id=f"{case[0]}:{case[2].id}") for case in CASES])
 def test_transform_keeps_crlf(name, cls, ex):
     lf = cls(ex.params).apply(ex.before, Context(path=ex.path))
     out = cls(ex.params).apply(ex.before.replace("\n", "\r\n"), Context(path=ex.path))

@@ -225,8 +225,13 @@ class CompileBypass(PythonTransform):
 
     name = "compile-bypass"
     safety = Safety.NPU_ONLY
-    # `compile` as a word (torch.compile, aliases, partial(torch.compile)); not is_compiling/compiler.
-    prefilter = re.compile(r"\bcompile\b|CUDAGraph|cuda\.graph|graphed_callables|_dynamo\.optimize")
+    # `compile` as a word (torch.compile, aliases, partial(torch.compile)), CUDA-graph APIs, and the
+    # names _gates.compile_hint treats as compile/capture functions (their gates are reported);
+    # not is_compiling/compiler.
+    prefilter = re.compile(
+        r"\bcompile[d]?\b|_compile\b|\bcompile_|CUDAGraph|cuda\.graph|cuda_?graph|graphed|_dynamo\.optimize"
+        r"|\bcapture_|_capture\b"
+    )
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
