@@ -36,13 +36,14 @@ spelling is used.
 
 from __future__ import annotations
 
-import ast
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Literal, Sequence
 
 import libcst as cst
 from libcst.helpers import get_full_name_for_node
+
+from porter.transforms._npu_runtime import string_value as _string_value
 
 Names = Callable[[cst.CSTNode], "set[str]"]
 GateKind = Literal["compile", "flash"]
@@ -103,16 +104,6 @@ def _resolved(node: cst.CSTNode, names: Names | None) -> set[str]:
         return set(names(node))
     spelled = get_full_name_for_node(node)
     return {spelled} if spelled else set()
-
-
-def _string_value(node: cst.CSTNode) -> str | None:
-    if isinstance(node, cst.SimpleString):
-        try:
-            value = ast.literal_eval(node.value)
-        except (ValueError, SyntaxError):
-            return None
-        return value if isinstance(value, str) else None
-    return None
 
 
 def _uses_compile(tree: cst.CSTNode, names: Names | None) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import re
 
 import libcst as cst
@@ -10,19 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from porter.transforms._base import Example, PythonTransform, Rewriter, Safety
 from porter.transforms._gates import enclosing_gate
+from porter.transforms._npu_runtime import string_value as _value
 
 _CUDA = re.compile(r"^cuda(:\d+)?$")
-
-
-def _value(node: cst.BaseExpression) -> str | None:
-    """The value of a plain string literal (not an f-string, not concatenated), else None."""
-    if isinstance(node, cst.SimpleString):
-        try:
-            value = ast.literal_eval(node.value)
-        except (ValueError, SyntaxError):
-            return None
-        return value if isinstance(value, str) else None
-    return None
 
 
 def _string_like(template: cst.SimpleString, value: str) -> cst.SimpleString:
