@@ -190,6 +190,14 @@ class _Visitor(ast.NodeVisitor):
                     self.add(node, "device-comparison", ast.unparse(node)[:120])
         self.generic_visit(node)
 
+    def visit_Assign(self, node: ast.Assign) -> None:
+        # device = get_accelerator() or "cuda" / self.device = "cuda:0"
+        names = [ast.unparse(t) for t in node.targets]
+        if (any("device" in n.lower() for n in names) and not _porter_test(node.value)
+                and any(_is_cuda_literal(n) for n in ast.walk(node.value))):
+            self.add(node, "hardcoded-device", ast.unparse(node)[:120])
+        self.generic_visit(node)
+
     def visit_Attribute(self, node: ast.Attribute) -> None:
         if node.attr == "is_cuda":
             self.add(node, "device-comparison", ast.unparse(node)[:120])

@@ -121,3 +121,8 @@ def test_upstream_branch_kept_behind_a_porter_test_is_not_reported():
         "torch.cuda.synchronize()\n"
     )
     assert [(s.line, s.in_helper) for s in scan_source(code)] == [(2, True), (6, True), (7, False)]
+
+
+def test_device_assignments_with_a_cuda_literal_are_sites():
+    code = 'device = get_current_accelerator() or "cuda"\nself_device = "cpu"\nname = "cuda"\n'
+    assert [(s.line, s.category) for s in scan_source(code)] == [(1, "hardcoded-device")]
