@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import ast
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
+import support
+from support import assert_every_step_explained
 
 from porter import port
 from porter.recipe import load_recipe
@@ -60,9 +60,7 @@ def test_recipe_is_complete():
     r = load_recipe(RECIPE).recipe
     (src,) = r.source
     assert src.pypi == "transformers==5.23.0" and src.sha256
-    for i, step in enumerate(r.steps, start=1):
-        assert step.expect is not None, f"step {i} ({step.use}) has no expect: count"
-        assert step.reason, f"step {i} ({step.use}) says not why"
+    assert_every_step_explained(r)
     assert r.smoke is not None and r.smoke.dtype == "float32"
     assert r.smoke.thresholds.cosine_min == 0.9999
     assert r.smoke.audio.sample_rate == 24000
@@ -134,20 +132,11 @@ def test_apply_with_smoke_on_npu_sim(applied):
 
 @pytest.fixture(scope="module")
 def smoke_python(applied):
-    from porter.smoke.env import ensure_env
-
-    spec = load_recipe(RECIPE).recipe.smoke
-    env = ensure_env(spec.requires, spec.requires_no_deps)
-    assert env.error is None, env.error
-    return env.python
+    return support.smoke_python(RECIPE)
 
 
 def _probe(python: str, root: Path) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(root), HF_HUB_OFFLINE="1", PYTHONDONTWRITEBYTECODE="1")
-    env.pop("VIRTUAL_ENV", None)
-    proc = subprocess.run([python, "-c", PROBE], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return support.probe(python, PROBE, root)
 
 
 def _upstream_root(applied) -> Path:

@@ -16,14 +16,13 @@
 
 from __future__ import annotations
 
-import difflib
-import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import support
+from support import assert_every_step_explained, changed_lines
 
 from porter import port
 from porter.recipe import load_recipe
@@ -52,24 +51,12 @@ print(json.dumps(out))
 '''
 
 
-def _changed(before: str, after: str) -> tuple[list[str], list[str]]:
-    removed, added = [], []
-    for line in difflib.ndiff(before.splitlines(), after.splitlines()):
-        if line.startswith("- "):
-            removed.append(line[2:])
-        elif line.startswith("+ "):
-            added.append(line[2:])
-    return removed, added
-
-
 def test_recipe_is_complete():
     r = load_recipe(RECIPE).recipe
     (src,) = r.source
     assert src.pypi == "boson-multimodal==0.1.1" and src.sha256
     assert COMMIT in src.note and "boson-ai/higgs-audio" in src.note and "CRLF" in src.note
-    for i, step in enumerate(r.steps, start=1):
-        assert step.expect is not None, f"step {i} ({step.use}) has no expect: count"
-        assert step.reason, f"step {i} ({step.use}) says not why"
+    assert_every_step_explained(r)
     assert r.steps[-1].use == "import-order"  # it must run last
     smoke = r.smoke
     assert smoke is not None and smoke.dtype == "float32" and smoke.run == ("forward",)
@@ -112,7 +99,7 @@ def test_every_step_matches_its_expect(applied):
 @pytest.mark.slow
 def test_sdpa_unmask_widened_and_cuda_graph_gate_kept(applied):
     before, after = _texts(applied, MODEL)
-    removed, added = _changed(before, after)
+    removed, added = changed_lines(before, after)
     assert [r.strip() for r in removed] == [
         'and attention_mask.device.type == "cuda"',
         'and audio_attention_mask.device.type == "cuda"',
@@ -130,7 +117,7 @@ def test_sdpa_unmask_widened_and_cuda_graph_gate_kept(applied):
 @pytest.mark.slow
 def test_deepspeed_guard(applied):
     before, after = _texts(applied, UTILS)
-    removed, added = _changed(before, after)
+    removed, added = changed_lines(before, after)
     imports = ["from deepspeed.utils import groups as deepspeed_groups", "from deepspeed.sequence.layer import _SeqAllToAll"]
     assert removed == ["    " + i for i in imports] + ["if is_deepspeed_available():"]
     assert added == ["    try:"] + ["        " + i for i in imports] + [
@@ -171,12 +158,7 @@ def test_crlf_kept_and_port_diff_reproduces_the_patched_files(applied, tmp_path)
 
 @pytest.fixture(scope="module")
 def smoke_python(applied):
-    from porter.smoke.env import ensure_env
-
-    spec = load_recipe(RECIPE).recipe.smoke
-    env = ensure_env(spec.requires, spec.requires_no_deps)
-    assert env.error is None, env.error
-    return env.python
+    return support.smoke_python(RECIPE)
 
 
 def _upstream_root(applied) -> Path:
@@ -186,12 +168,7 @@ def _upstream_root(applied) -> Path:
 
 
 def _probe(python: str, *roots: Path) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, roots)), PYTHONDONTWRITEBYTECODE="1",
-               HF_HUB_OFFLINE="1")
-    env.pop("VIRTUAL_ENV", None)
-    proc = subprocess.run([python, "-c", PROBE], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return support.probe(python, PROBE, *roots)
 
 
 @network

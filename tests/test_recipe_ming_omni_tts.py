@@ -24,12 +24,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import support
 import yaml
+from support import run_json
 
 from porter.cli import main
 from porter.port import plan
@@ -203,24 +203,22 @@ def test_smoke_passes_on_npu_sim_for_every_component(applied: Path):
 
 
 def _venv_python() -> str:
-    from porter.smoke.env import ensure_env
-
-    spec = load_recipe(RECIPE).recipe.smoke
-    env = ensure_env(spec.requires, spec.requires_no_deps)
-    assert env.error is None, env.error
-    return env.python
+    return support.smoke_python(RECIPE)
 
 
-# Saves a tiny BailingMM with the *unpatched* code, i.e. in the upstream's own key names. The
-# unpatched tree cannot import without flash_attn and torchtune; neither is used by this model
+# The unpatched tree cannot import without flash_attn and torchtune; neither is used by this model
 # (no semantic module), so stand-ins that raise if they are ever used let it import on a CPU host.
-SAVE_UPSTREAM = r'''
+STAND_INS = r'''
 import json, sys, types, importlib.machinery
 def stand_in(name, **attrs):
     m = types.ModuleType(name); m.__spec__ = importlib.machinery.ModuleSpec(name, None); m.__dict__.update(attrs)
     sys.modules[name] = m
 def unused(*a, **k):
     raise RuntimeError("test stand-in used: the tiny 0.5B-shaped model must not need it")
+'''
+
+# Saves a tiny BailingMM with the *unpatched* code, i.e. in the upstream's own key names.
+SAVE_UPSTREAM = STAND_INS + r'''
 stand_in("flash_attn", flash_attn_func=unused)
 stand_in("torchtune"); stand_in("torchtune.modules", RotaryPositionalEmbeddings=unused)
 import torch
@@ -266,20 +264,15 @@ def _strict_load(upstream: Path, patched_pkg: Path, tmp: Path) -> tuple[list[str
 
     python = _venv_python()
     up_dir, ported_dir = tmp / "upstream-checkpoint", tmp / "ported-checkpoint"
-    saved = subprocess.run([python, "-c", SAVE_UPSTREAM, str(upstream), str(SMOKE_DIR), str(up_dir)],
-                           capture_output=True, text=True, timeout=600, cwd=tmp)
-    assert saved.returncode == 0, saved.stderr[-3000:]
-    keys = json.loads(saved.stdout.strip().splitlines()[-1])
+    keys = run_json([python, "-c", SAVE_UPSTREAM, str(upstream), str(SMOKE_DIR), str(up_dir)], cwd=tmp, timeout=600)
     rules = tmp / "weights.yaml"
     rules.write_text(yaml.safe_dump(load_recipe(RECIPE).recipe.weights.model_dump(mode="json", by_alias=True)))
     ported_dir.mkdir()
     assert main(["remap", str(up_dir / "model.safetensors"), str(ported_dir / "model.safetensors"),
                  "--rules", str(rules), "--verify"]) == 0
     shutil.copy(up_dir / "config.json", ported_dir / "config.json")
-    loaded = subprocess.run([python, "-c", LOAD_PORTED, str(patched_pkg), str(ported_dir), str(SMOKE_DIR)],
-                            capture_output=True, text=True, timeout=600, cwd=tmp, env=sim_env())
-    assert loaded.returncode == 0, loaded.stderr[-3000:]
-    return keys, json.loads(loaded.stdout.strip().splitlines()[-1])
+    return keys, run_json([python, "-c", LOAD_PORTED, str(patched_pkg), str(ported_dir), str(SMOKE_DIR)],
+                          cwd=tmp, timeout=600, env=sim_env())
 
 
 def _check_strict_load(keys: list[str], got: dict) -> None:
@@ -324,13 +317,7 @@ def test_a_real_upstream_named_checkpoint_loads_strictly_into_the_port(tmp_path:
 # model to bf16): upstream's torch.autocast(device_type='cuda') regions do nothing there, and a
 # float32 tensor made during sampling meets a bf16 weight. The unpatched tree gets the stand-ins of
 # SAVE_UPSTREAM; the same seed and steps on both.
-GENERATE_BF16 = r'''
-import json, sys, types, importlib.machinery
-def stand_in(name, **attrs):
-    m = types.ModuleType(name); m.__spec__ = importlib.machinery.ModuleSpec(name, None); m.__dict__.update(attrs)
-    sys.modules[name] = m
-def unused(*a, **k):
-    raise RuntimeError("test stand-in used")
+GENERATE_BF16 = STAND_INS + r'''
 if sys.argv[3] == "unpatched":
     stand_in("flash_attn", flash_attn_func=unused)
     stand_in("torchtune"); stand_in("torchtune.modules", RotaryPositionalEmbeddings=unused)
@@ -358,9 +345,7 @@ def test_bf16_generate_on_npu_sim_fails_unpatched_and_runs_ported(patched: Path,
     python = _venv_python()
     got = {}
     for tree, root in (("unpatched", UPSTREAM), ("ported", patched)):
-        run = subprocess.run([python, "-c", GENERATE_BF16, str(root), str(SMOKE_DIR), tree], capture_output=True,
-                             text=True, timeout=900, cwd=tmp_path, env=sim_env())
-        assert run.returncode == 0, run.stderr[-3000:]
-        got[tree] = json.loads(run.stdout.strip().splitlines()[-1])
+        got[tree] = run_json([python, "-c", GENERATE_BF16, str(root), str(SMOKE_DIR), tree], cwd=tmp_path,
+                             timeout=900, env=sim_env())
     assert not got["unpatched"]["ok"] and "must have the same dtype" in got["unpatched"]["error"], got
     assert got["ported"]["ok"] and got["ported"]["finite"] and got["ported"]["samples"] > 0, got

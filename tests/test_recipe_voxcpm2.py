@@ -14,15 +14,14 @@
 
 from __future__ import annotations
 
-import difflib
-import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import support
+from support import assert_every_step_explained, changed_lines
 
 from porter import port
 from porter.recipe import load_recipe
@@ -65,23 +64,11 @@ print(json.dumps(out))
 '''
 
 
-def _changed_lines(before: str, after: str) -> tuple[list[str], list[str]]:
-    removed, added = [], []
-    for line in difflib.ndiff(before.splitlines(), after.splitlines()):
-        if line.startswith("- "):
-            removed.append(line[2:])
-        elif line.startswith("+ "):
-            added.append(line[2:])
-    return removed, added
-
-
 def test_recipe_is_complete():
     loaded = load_recipe(RECIPE)
     r = loaded.recipe
     assert r.source[0].pypi == "voxcpm==2.0.3" and r.source[0].sha256
-    for i, step in enumerate(r.steps, start=1):
-        assert step.expect is not None, f"step {i} ({step.use}) has no expect: count"
-        assert step.reason or step.with_.get("reason"), f"step {i} ({step.use}) says not why"
+    assert_every_step_explained(r)
     assert r.smoke is not None and r.smoke.dtype == "bfloat16"
     assert r.smoke.audio.sample_rate == 48000
     assert "torchaudio==2.11.0" in r.smoke.requires_no_deps  # the wheel that cannot load
@@ -119,7 +106,7 @@ def test_every_step_matches_its_expect(build):
 @network
 def test_resolver_diff_only_adds_npu(build):
     before, after = _texts(build, "voxcpm/model/utils.py")
-    removed, added = _changed_lines(before, after)
+    removed, added = changed_lines(before, after)
     assert removed == ["        \"'cuda', or indexed CUDA devices like 'cuda:0'.\""]
     assert added[-1] == "        \"'cuda', 'npu', or indexed devices like 'cuda:0' or 'npu:0'.\""
     assert sum('torch.npu.is_available()' in a for a in added) == 3
@@ -131,7 +118,7 @@ def test_resolver_diff_only_adds_npu(build):
 def test_model_files_change_only_imports_and_compile_calls(build):
     for path in ("voxcpm/model/voxcpm.py", "voxcpm/model/voxcpm2.py"):
         before, after = _texts(build, path)
-        removed, added = _changed_lines(before, after)
+        removed, added = changed_lines(before, after)
         compile_lines = [r for r in removed if "torch.compile(" in r]
         assert len(compile_lines) == 4, (path, removed)
         for r in compile_lines:  # the same line, the call bypassed on npu: no attribute renamed
@@ -165,12 +152,7 @@ def applied(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def smoke_python(applied):
-    from porter.smoke.env import ensure_env
-
-    spec = load_recipe(RECIPE).recipe.smoke
-    env = ensure_env(spec.requires, spec.requires_no_deps)
-    assert env.error is None, env.error
-    return env.python
+    return support.smoke_python(RECIPE)
 
 
 @pytest.fixture(scope="module")
@@ -195,11 +177,7 @@ def upstream_runnable(upstream_root, tmp_path_factory):
 
 
 def _probe(python, *roots):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(r) for r in roots), HF_HUB_OFFLINE="1")
-    env.pop("VIRTUAL_ENV", None)
-    proc = subprocess.run([python, "-c", PROBE], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return support.probe(python, PROBE, *roots)
 
 
 @network

@@ -26,20 +26,6 @@ def smoke(tmp_path, script, device="cpu", package_root=PKG, **fields):
     return run_smoke(spec, recipe_dir=FIXTURES, package_root=package_root, device=device, out_dir=out), out
 
 
-def sim_ready():
-    try:
-        from porter.npu.device import resolve_device  # noqa: F401
-        from porter.npu.kernels import load_kernels  # noqa: F401
-        from porter.npu.ops import OpRecorder, op_report  # noqa: F401
-        from porter.npu.sim import install, sim_env  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_sim = pytest.mark.skipif(not sim_ready(), reason="porter.npu simulator or op recorder not available yet")
-
-
 def check_qwen2_run(result, out, kind):
     assert result.passed, result.to_markdown()
     assert result.device.kind == kind
@@ -69,7 +55,6 @@ def test_tiny_qwen2_passes_on_cpu(tmp_path):
     assert "getrusage" in result.perf.peak_memory_source
 
 
-@needs_sim
 def test_tiny_qwen2_passes_on_npu_sim(tmp_path):
     result, out = smoke(tmp_path, "tiny_qwen2.py", device="npu-sim", inputs={"prompt_len": 8, "max_new_tokens": 16})
     check_qwen2_run(result, out, "npu-sim")
@@ -207,7 +192,6 @@ def test_compare_runs_patched_vs_unpatched_on_cpu(tmp_path):
     assert "patched vs upstream" in bad.failures[0].message and "DIFFERENT" in bad.to_markdown()
 
 
-@needs_sim
 def test_ops_without_npu_kernel_and_float64_are_reported_and_can_fail(tmp_path):
     inputs = {"use_lgamma": True, "use_float64": True}
     listed, _ = smoke(tmp_path / "a", "plain.py", device="npu-sim", inputs=inputs, run=["forward"])

@@ -6,13 +6,13 @@ the autocast state the patched regions produce on npu-sim (CPU-backed simulation
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 import warnings
 
 import pytest
 import torch
+
+from support import run_json
 
 from porter.npu.sim import sim_env
 from porter.transforms import Context, all_transforms
@@ -88,12 +88,8 @@ def test_npu_sim_regions_are_npu_autocast(tmp_path):
     (tmp_path / "upstream.py").write_text(REGIONS)
     (tmp_path / "patched.py").write_text(out.text)
     (tmp_path / "child.py").write_text(CHILD)
-    proc = subprocess.run(
-        [sys.executable, str(tmp_path / "child.py"), str(tmp_path / "upstream.py"), str(tmp_path / "patched.py")],
-        env=sim_env(), capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    results = run_json([sys.executable, str(tmp_path / "child.py"), str(tmp_path / "upstream.py"),
+                        str(tmp_path / "patched.py")], env=sim_env())
     upstream, patched = results["upstream"], results["patched"]
     # upstream on an npu host: every region silently without autocast (one warning, no error)
     assert upstream["keyword"][0] is False and upstream["cuda_amp"] is False and upstream["from_tensor"] is False

@@ -9,12 +9,12 @@ device; not Ascend) in one child process.
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 
 import pytest
 import torch
+
+from support import run_json
 
 from porter.npu.sim import sim_env
 from porter.transforms import Context, all_transforms
@@ -157,12 +157,8 @@ def test_npu_sim_takes_the_cuda_path(patched, tmp_path):
     (tmp_path / "upstream.py").write_text(UPSTREAM)
     (tmp_path / "patched.py").write_text(patched)
     (tmp_path / "child.py").write_text(CHILD)
-    proc = subprocess.run(
-        [sys.executable, str(tmp_path / "child.py"), str(tmp_path / "upstream.py"), str(tmp_path / "patched.py")],
-        env=sim_env(), capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    results = run_json([sys.executable, str(tmp_path / "child.py"), str(tmp_path / "upstream.py"),
+                        str(tmp_path / "patched.py")], env=sim_env())
     # upstream on the npu host (npu-sim): no torch_npu import, so CPU everywhere, autocast off
     assert results["upstream_sees_npu"] is False
     assert results["upstream"]["resolve"] == "cpu" and results["upstream"]["autocast"] is False
