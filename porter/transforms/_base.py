@@ -22,12 +22,10 @@ import libcst as cst
 import libcst.matchers as m
 from libcst.metadata import (
     MetadataWrapper,
-    ParentNodeProvider,
     PositionProvider,
     QualifiedName,
     QualifiedNameProvider,
     QualifiedNameSource,
-    ScopeProvider,
 )
 from pydantic import BaseModel, ConfigDict
 
@@ -207,20 +205,15 @@ class Rewriter(m.MatcherDecoratableTransformer):
     `self.record(original_node, result, reason)` for every node whose text you change.
     """
 
-    # Positions are resolved lazily (see line_of); use `self.parent(node)` for parents.
-    METADATA_DEPENDENCIES = (
-        QualifiedNameProvider,
-        ParentNodeProvider,
-        ScopeProvider,
-    )
+    # Nothing is resolved before the visit: `meta()` resolves a provider (qualified names, scopes,
+    # parents, positions) for the whole module the first time a rewrite asks for it. Most files a
+    # pre-filter lets through hold no candidate a transform must resolve, and scope analysis is
+    # most of a run's time (transformers: ~650 files pass the attention and compile pre-filters).
+    METADATA_DEPENDENCIES = ()
 
     @classmethod
     def get_inherited_dependencies(cls):  # type: ignore[override]
-        """Exactly the nearest METADATA_DEPENDENCIES, not the union over the class hierarchy.
-
-        libcst unions every base class's dependencies, so a rewriter that declares `()` still paid
-        for the base's scope and qualified-name analysis (most of a run's time on voxcpm).
-        """
+        """Exactly the nearest METADATA_DEPENDENCIES, not the union over the class hierarchy."""
         return frozenset(cls.METADATA_DEPENDENCIES)
 
     def __init__(self, transform: Transform, ctx: Context) -> None:
@@ -234,7 +227,7 @@ class Rewriter(m.MatcherDecoratableTransformer):
         self._helpers: dict[str, str] = {}
         self._stack: list[cst.CSTNode] = []
         self._parents: dict[cst.CSTNode, cst.CSTNode] = {}
-        self._positions: Any = None
+        self._resolved: dict[type, Any] = {}
         self.wrapper: MetadataWrapper | None = None
 
     def visit_Module(self, node: cst.Module) -> bool:
@@ -341,9 +334,23 @@ class Rewriter(m.MatcherDecoratableTransformer):
         return result
 
     # -- names --------------------------------------------------------------------------------
+    def meta(self, provider: type, node: cst.CSTNode, default: Any = None) -> Any:
+        """`provider`'s metadata for an original node, resolved on first use (see above).
+
+        The wrapper caches what it resolved, so the next step over an unchanged module reuses it.
+        """
+        table = self._resolved.get(provider)
+        if table is None:
+            assert self.wrapper is not None, "meta() is for rewriters run by PythonTransform"
+            table = self._resolved[provider] = self.wrapper.resolve(provider)
+        value = table.get(node, default)
+        # Some providers store a lazy value (a callable) that get_metadata would call; no metadata
+        # value porter reads (names, scopes, nodes, positions) is itself callable.
+        return value() if callable(value) else value
+
     def imported_names(self, node: cst.CSTNode) -> set[str]:
         """Fully qualified names `node` refers to through imports (never local shadows)."""
-        names: Iterable[QualifiedName] = self.get_metadata(QualifiedNameProvider, node, set())
+        names: Iterable[QualifiedName] = self.meta(QualifiedNameProvider, node, ())
         return {q.name for q in names if q.source is QualifiedNameSource.IMPORT}
 
     def refers_to(self, node: cst.CSTNode, *qualified: str) -> bool:
@@ -356,13 +363,7 @@ class Rewriter(m.MatcherDecoratableTransformer):
     def line_of(self, node: cst.CSTNode) -> tuple[int, int]:
         """Lines of an original node. Positions are computed once, on first use, so files
         a transform visits but does not change never pay for them."""
-        if PositionProvider in self.METADATA_DEPENDENCIES:
-            pos = self.get_metadata(PositionProvider, node)
-        else:
-            if self._positions is None:
-                assert self.wrapper is not None
-                self._positions = self.wrapper.resolve(PositionProvider)
-            pos = self._positions[node]
+        pos = self.meta(PositionProvider, node)
         return pos.start.line, pos.end.line
 
     # -- results ------------------------------------------------------------------------------

@@ -151,7 +151,8 @@ class _Fallback(Rewriter):
             self._plan(n)
         for gate in self._gate_candidates:
             self._plan_gate(gate)
-        return True
+        # every rewrite is planned above: with none, the traversal below would change nothing
+        return any((self._wrap, self._wrap_assign, self._widen, self._calls, self._contexts, self._imports))
 
     @staticmethod
     def _walk(node: cst.CSTNode):
@@ -311,9 +312,12 @@ class _Fallback(Rewriter):
             self.find(call, "flash-attention", f"{name}: a flash_attn API without an SDPA rewrite in porter; "
                       "reached on npu only if flash-attention is selected there")
             return
-        tail = call.func.attr.value if isinstance(call.func, cst.Attribute) else None
-        if _gates.root_name(call.func) not in self._sdp_bound or (tail is not None and tail not in (
-                "sdp_kernel", "sdpa_kernel")):
+        # spelling filter: `torch.backends.cuda.sdp_kernel(...)`, or a name imported as one of them
+        if isinstance(call.func, cst.Attribute):
+            tail = call.func.attr.value
+        else:
+            tail = self._index.bindings.get(_gates.root_name(call.func) or "", "").rsplit(".", 1)[-1]
+        if _gates.root_name(call.func) not in self._sdp_bound or tail not in ("sdp_kernel", "sdpa_kernel"):
             return
         names = self.resolves(call.func)
         if SDP_KERNEL in names or SDPA_KERNEL in names:

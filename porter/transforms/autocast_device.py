@@ -45,7 +45,6 @@ def _is_cuda_type(node: cst.CSTNode) -> bool:
 
 
 class _Rewrite(Rewriter):
-    METADATA_DEPENDENCIES = tuple(dict.fromkeys((*Rewriter.METADATA_DEPENDENCIES, ParentNodeProvider)))
 
     def __init__(self, transform, ctx) -> None:
         super().__init__(transform, ctx)
@@ -129,7 +128,7 @@ class _Rewrite(Rewriter):
         if what is None:
             return updated_node
         need_npu_available(self)
-        parent = self.get_metadata(ParentNodeProvider, original_node, None)
+        parent = self.meta(ParentNodeProvider, original_node, None)
         result = runtime_device(original_node, updated_node, parent)
         return self.record(original_node, result,
                            f"{what}: autocast on npu when it is the device in use (CUDA's silently switches off there)")
@@ -141,7 +140,7 @@ class _Rewrite(Rewriter):
         why, npu_test = choice
         if npu_test is None:
             need_npu_available(self)
-        parent = self.get_metadata(ParentNodeProvider, original_node, None)
+        parent = self.meta(ParentNodeProvider, original_node, None)
         result = prefer_npu(original_node, updated_node, npu_twin(updated_node.body), parent, npu_test)
         return self.record(original_node, result, f"{why}: npu autocast for npu tensors, the upstream choice otherwise")
 
@@ -168,7 +167,7 @@ class _Rewrite(Rewriter):
                     npu_func = func.deep_clone()
                 need_npu_available(self)
                 npu_call = cst.Call(func=npu_func, args=[cst.Arg(cst.SimpleString('"npu"'))])
-                parent = self.get_metadata(ParentNodeProvider, original_node, None)
+                parent = self.meta(ParentNodeProvider, original_node, None)
                 result = prefer_npu(original_node, updated_node, npu_call, parent)
                 return self.record(original_node, result,
                                    f"{self.code(original_node.func).strip()}() reads CUDA's autocast state; "
@@ -178,7 +177,7 @@ class _Rewrite(Rewriter):
     def _cuda_amp(self, original: cst.CSTNode, updated: cst.BaseExpression) -> cst.BaseExpression:
         if not _dotted(original) or not (self.imported_names(original) & CUDA_AMP_AUTOCAST):
             return updated
-        parent = self.get_metadata(ParentNodeProvider, original, None)
+        parent = self.meta(ParentNodeProvider, original, None)
         if isinstance(parent, cst.Attribute) and parent.value is original:
             return updated
         need_cuda_or_npu(self)

@@ -7,7 +7,6 @@ import re
 from typing import Literal
 
 import libcst as cst
-from libcst.helpers import get_full_name_for_node
 from pydantic import BaseModel, ConfigDict, Field
 
 from porter.transforms import _gates, _runtime
@@ -86,7 +85,7 @@ class _Bypass(Rewriter):
                 self._plan_reference(n)
             elif isinstance(n, cst.SimpleString) and _string(n) in _CUDA_GRAPH_MODES:
                 self._plan_mode(n)
-        return True
+        return bool(self._wrap)  # every rewrite is planned above: with none, skip the traversal
 
     def _device_test(self, test: cst.CSTNode) -> bool:
         for n in self._walk(test):
@@ -105,7 +104,9 @@ class _Bypass(Rewriter):
         """Spelling filter before asking for qualified names (which is the expensive part)."""
         if isinstance(n, cst.Attribute):
             return n.attr.value in self._tails and _gates.root_name(n) in self._candidates
-        return n.value in self._candidates
+        # a bare name is an API only when it was imported as one (`from torch import compile as c`);
+        # `torch` or `nn` on their own (in their import statements, say) are modules, not calls
+        return self._index.bindings.get(n.value, "").rsplit(".", 1)[-1] in self._tails
 
     def _plan_reference(self, n: cst.Name | cst.Attribute) -> None:
         if not self._may_be_api(n):

@@ -49,7 +49,6 @@ _SAFE_TORCH = {"torch.manual_seed", "torch.device", "torch.autocast", "torch.amp
 
 
 class _Rewrite(Rewriter):
-    METADATA_DEPENDENCIES = tuple(dict.fromkeys((*Rewriter.METADATA_DEPENDENCIES, ParentNodeProvider)))
 
     def __init__(self, transform, ctx) -> None:
         super().__init__(transform, ctx)
@@ -125,7 +124,7 @@ class _Rewrite(Rewriter):
         return self.record(original_node, result, why)
 
     def _reference(self, original: cst.CSTNode) -> None:
-        parent = self.get_metadata(ParentNodeProvider, original, None)
+        parent = self.meta(ParentNodeProvider, original, None)
         if isinstance(parent, cst.Attribute) and parent.value is original:
             return  # part of a longer name; the outermost node decides
         if isinstance(parent, cst.Call) and parent.func is original:
@@ -152,7 +151,7 @@ class _Rewrite(Rewriter):
         child: cst.CSTNode = call
         negated = False
         while True:
-            parent = self.get_metadata(ParentNodeProvider, child, None)
+            parent = self.meta(ParentNodeProvider, child, None)
             if isinstance(parent, cst.BooleanOperation):
                 child = parent
             elif isinstance(parent, cst.UnaryOperation) and isinstance(parent.operator, cst.Not):
@@ -183,7 +182,7 @@ class _Rewrite(Rewriter):
         """Whether `node` only ends up in a message: print(...), logger.info(...), an f-string."""
         child = node
         while True:
-            parent = self.get_metadata(ParentNodeProvider, child, None)
+            parent = self.meta(ParentNodeProvider, child, None)
             if isinstance(parent, (cst.FormattedStringExpression, cst.FormattedString)):
                 return True
             if isinstance(parent, (cst.Arg, cst.BinaryOperation)):
@@ -210,7 +209,7 @@ class _Rewrite(Rewriter):
                 return f"sets a flag that later code may read as 'CUDA is present' (line {line})"
             if isinstance(node, (cst.Attribute, cst.Name)):
                 name = self.cuda_name(node)
-                parent = self.get_metadata(ParentNodeProvider, node, None)
+                parent = self.meta(ParentNodeProvider, node, None)
                 outermost = not (isinstance(parent, cst.Attribute) and parent.value is node)
                 if name and outermost and not self.owned_elsewhere(name) and self.why_not(name):
                     return f"uses torch.cuda.{name} (line {line})"

@@ -36,7 +36,6 @@ _CLI_OPTION = {"add_argument", "option", "Option"}
 
 
 class _Rewrite(Rewriter):
-    METADATA_DEPENDENCIES = tuple(dict.fromkeys((*Rewriter.METADATA_DEPENDENCIES, ParentNodeProvider)))
 
     def __init__(self, transform, ctx) -> None:
         super().__init__(transform, ctx)
@@ -202,7 +201,7 @@ class _Rewrite(Rewriter):
                           "CUDA device string in a place porter does not recognise as a device; left as is")
             return updated
         need_npu_available(self)
-        parent = self.get_metadata(ParentNodeProvider, original, None)
+        parent = self.meta(ParentNodeProvider, original, None)
         result = runtime_device(original, updated, parent)
         return self.record(original, result, f"{why}: npu when available, else the CUDA device as before")
 
@@ -216,7 +215,7 @@ class _Rewrite(Rewriter):
         if id(original_node) not in self.choices:
             return updated_node
         need_npu_available(self)
-        parent = self.get_metadata(ParentNodeProvider, original_node, None)
+        parent = self.meta(ParentNodeProvider, original_node, None)
         result = prefer_npu(original_node, updated_node, npu_twin(updated_node.body), parent)
         return self.record(
             original_node, result,
@@ -251,7 +250,7 @@ class _Rewrite(Rewriter):
         """Literals other transforms handle: comparisons (widen-device-check), autocast device types."""
         child = node
         for _ in range(8):
-            parent = self.get_metadata(ParentNodeProvider, child, None)
+            parent = self.meta(ParentNodeProvider, child, None)
             if parent is None or isinstance(parent, (cst.BaseStatement, cst.BaseSmallStatement)):
                 return False
             if isinstance(parent, (cst.Comparison, cst.ComparisonTarget)):

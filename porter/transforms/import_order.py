@@ -56,14 +56,13 @@ def _is_or_under(module: str, package: str) -> bool:
 
 
 class _Rewrite(Rewriter):
-    METADATA_DEPENDENCIES = tuple(dict.fromkeys((*Rewriter.METADATA_DEPENDENCIES, QualifiedNameProvider)))
 
     def _uses_npu(self, node: cst.CSTNode) -> bool:
         """Whether `node` refers to torch.npu through an import (porter's own helpers included)."""
         if isinstance(node, (cst.Import, cst.ImportFrom)):
             return False
         if isinstance(node, (cst.Attribute, cst.Name)):
-            for q in self.get_metadata(QualifiedNameProvider, node, set()):
+            for q in self.meta(QualifiedNameProvider, node, set()):
                 if q.source is QualifiedNameSource.IMPORT and _is_or_under(q.name, "torch.npu"):
                     return True
         return any(self._uses_npu(child) for child in node.children)

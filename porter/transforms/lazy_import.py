@@ -49,7 +49,6 @@ class _Import:
 
 
 class _Lazy(Rewriter):
-    METADATA_DEPENDENCIES = (ScopeProvider, ParentNodeProvider)
 
     def visit_Module(self, node: cst.Module) -> bool:
         super().visit_Module(node)
@@ -107,10 +106,7 @@ class _Lazy(Rewriter):
         imports = self._imports(module)
         if not imports:
             return
-        scope = self.get_metadata(ScopeProvider, module)
-        if self._positions is None and self.wrapper is not None:
-            self._positions = self.wrapper.resolve(PositionProvider)
-        positions = self._positions
+        scope = self.meta(ScopeProvider, module)
         for imp in imports:
             for i, alias in enumerate(imp.aliases):
                 full, first = self._bound(imp, alias)
@@ -118,8 +114,8 @@ class _Lazy(Rewriter):
                 for a in scope.assignments:
                     if getattr(a, "node", None) is imp.small and (a.name == full or a.name.split(".")[0] == first):
                         nodes += [r.node for r in a.references]
-                if positions is not None:
-                    nodes.sort(key=lambda n: (positions[n].start.line, positions[n].start.column))
+                nodes.sort(key=lambda n: (self.meta(PositionProvider, n).start.line,
+                                          self.meta(PositionProvider, n).start.column))
                 imp.uses[i] = list(dict.fromkeys(nodes))
         for imp in imports:
             self._plan_one(imp)
@@ -181,7 +177,7 @@ class _Lazy(Rewriter):
         return chain or None
 
     def _parent(self, node: cst.CSTNode) -> cst.CSTNode | None:
-        return self.get_metadata(ParentNodeProvider, node, None)
+        return self.meta(ParentNodeProvider, node, None)
 
     # -- rewriting ----------------------------------------------------------------------------
     def leave_IndentedBlock(self, original: cst.IndentedBlock, updated: cst.IndentedBlock) -> cst.IndentedBlock:

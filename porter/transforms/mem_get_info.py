@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import libcst as cst
-from libcst.metadata import QualifiedNameProvider
 
 from porter.transforms._base import Example, PythonTransform, Rewriter, Safety
 
@@ -32,7 +31,6 @@ def _with_helper(imports: str, rest: str) -> str:
 
 
 class _MemGetInfo(Rewriter):
-    METADATA_DEPENDENCIES = (QualifiedNameProvider,)
 
     def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
         if not self.refers_to(original.func, "torch.cuda.mem_get_info", "torch.cuda.memory.mem_get_info"):

@@ -13,11 +13,10 @@ from porter.transforms._base import Example, PythonTransform, Rewriter, Safety
 
 
 class _ReplaceCall(Rewriter):
-    METADATA_DEPENDENCIES = (QualifiedNameProvider,)
 
     def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
         p = self.params
-        names = {q.name for q in self.get_metadata(QualifiedNameProvider, original.func, set())}
+        names = {q.name for q in self.meta(QualifiedNameProvider, original.func, set())}
         if p.target not in names:
             return updated
         args = updated.args

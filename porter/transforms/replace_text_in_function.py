@@ -16,7 +16,6 @@ MODULE = "<module>"
 
 
 class _ReplaceText(Rewriter):
-    METADATA_DEPENDENCIES = ()
 
     def __init__(self, transform, ctx) -> None:
         super().__init__(transform, ctx)

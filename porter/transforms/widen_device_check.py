@@ -22,7 +22,6 @@ def _string_like(template: cst.SimpleString, value: str) -> cst.SimpleString:
 
 class _Widen(Rewriter):
     # Names are not resolved here (a device is any expression), so skip the costly scope analysis.
-    METADATA_DEPENDENCIES = ()
 
     def _devices_for(self, cuda_value: str) -> list[str]:
         suffix = cuda_value[len("cuda"):]  # "" or ":N"
