@@ -13,6 +13,7 @@ configs) subclass `TextTransform`.
 
 from __future__ import annotations
 
+import ast
 import enum
 import re
 from dataclasses import dataclass, field, replace
@@ -20,6 +21,7 @@ from typing import Any, ClassVar, Iterable
 
 import libcst as cst
 import libcst.matchers as m
+from libcst.helpers import get_full_name_for_node
 from libcst.metadata import (
     MetadataWrapper,
     PositionProvider,
@@ -186,6 +188,7 @@ class PythonTransform(Transform, abstract=True):
             wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
         rewriter = self.rewriter(self, ctx)
         rewriter.wrapper = wrapper
+        rewriter.source = module.code if text is None else text
         self.last_wrapper = wrapper
         new_module = wrapper.visit(rewriter)
         if not rewriter.changes:
@@ -228,7 +231,9 @@ class Rewriter(m.MatcherDecoratableTransformer):
         self._stack: list[cst.CSTNode] = []
         self._parents: dict[cst.CSTNode, cst.CSTNode] = {}
         self._resolved: dict[type, Any] = {}
+        self._bindings: dict[str, set[str]] | None = None
         self.wrapper: MetadataWrapper | None = None
+        self.source: str | None = None  # the module's code (PythonTransform sets it)
 
     def visit_Module(self, node: cst.Module) -> bool:
         self.module = node
@@ -348,13 +353,63 @@ class Rewriter(m.MatcherDecoratableTransformer):
         # value porter reads (names, scopes, nodes, positions) is itself callable.
         return value() if callable(value) else value
 
-    def imported_names(self, node: cst.CSTNode) -> set[str]:
-        """Fully qualified names `node` refers to through imports (never local shadows)."""
+    def imported_names(self, node: cst.CSTNode, within: str = "") -> set[str]:
+        """Fully qualified names `node` refers to through imports (never local shadows).
+
+        With `within` ("torch.cuda."), only the names under it. Names are resolved by libcst's
+        scope analysis, the expensive part, only when `may_import` lets the node through.
+        """
+        if not self.may_import(node, *filter(None, [within])):
+            return set()
         names: Iterable[QualifiedName] = self.meta(QualifiedNameProvider, node, ())
-        return {q.name for q in names if q.source is QualifiedNameSource.IMPORT}
+        return {q.name for q in names if q.source is QualifiedNameSource.IMPORT and q.name.startswith(within)}
 
     def refers_to(self, node: cst.CSTNode, *qualified: str) -> bool:
-        return bool(self.imported_names(node) & set(qualified))
+        return self.may_import(node, *qualified) and bool(self.imported_names(node) & set(qualified))
+
+    def may_import(self, node: cst.CSTNode, *prefixes: str) -> bool:
+        """Could `node` name something (under one of `prefixes`) through the module's imports?
+
+        A spelling filter that never says no wrongly. libcst names a node by its spelling
+        (`get_full_name_for_node`: `a.b.c`, also `a.b()` -> a.b, `super().f` -> super.f), and
+        that spelling resolves through an import only if some import statement in the module binds
+        its root `a`, and then only to what that import spells (`import torch.cuda as tc`:
+        `tc.sync` -> torch.cuda.sync).
+        """
+        dotted = get_full_name_for_node(node)
+        bindings = self._import_bindings()
+        if dotted is None or bindings is None:
+            return True
+        root, _, rest = dotted.partition(".")
+        spelled = {f"{full}.{rest}" if rest else full for full in bindings.get(root, ())}
+        return bool(spelled) and (not prefixes or any(s.startswith(prefixes) for s in spelled))
+
+    def _import_bindings(self) -> dict[str, set[str]] | None:
+        """Every name an import statement anywhere in the module binds -> what it imports (read with
+        `ast`, which is fast); None when the code is not at hand or `ast` cannot read it."""
+        if self._bindings is None and self.source is not None:
+            try:
+                tree = ast.parse(self.source)
+            except (SyntaxError, ValueError):  # newer syntax than this interpreter: no filter
+                self.source = None
+                return None
+            bindings: dict[str, set[str]] = {}
+            for n in ast.walk(tree):
+                if isinstance(n, ast.Import):
+                    for a in n.names:
+                        if a.asname:  # import torch.cuda as tc
+                            bindings.setdefault(a.asname, set()).add(a.name)
+                        else:  # import torch.cuda binds torch
+                            root = a.name.split(".")[0]
+                            bindings.setdefault(root, set()).add(root)
+                elif isinstance(n, ast.ImportFrom):
+                    base = "." * n.level + (n.module or "")
+                    for a in n.names:
+                        if a.name != "*":
+                            full = f"{base}.{a.name}" if n.module else f"{base}{a.name}"
+                            bindings.setdefault(a.asname or a.name, set()).add(full)
+            self._bindings = bindings
+        return self._bindings
 
     def code(self, node: cst.CSTNode) -> str:
         assert self.module is not None

@@ -259,18 +259,11 @@ def following_statements(
 
 @dataclass
 class Index:
-    """One pass over a module: its nodes in source order, their parents, and what its imports bind.
-
-    `bindings` maps a local name to what it imports (`import torch as t` -> t: torch,
-    `from flash_attn import flash_attn_func as f` -> f: flash_attn.flash_attn_func). It is a cheap
-    spelling filter: a reference can only resolve to an imported API if its root name is bound, so
-    transforms ask QualifiedNameProvider (the expensive part) about those references only.
-    porter's own `_porter_*` helpers are not indexed.
-    """
+    """One pass over a module: its nodes in source order and their parents, for transforms that
+    plan every rewrite before the traversal. porter's own `_porter_*` helpers are not indexed."""
 
     nodes: list[cst.CSTNode] = field(default_factory=list)
     parents: dict[cst.CSTNode, cst.CSTNode] = field(default_factory=dict)
-    bindings: dict[str, str] = field(default_factory=dict)
 
     def parent(self, node: cst.CSTNode) -> cst.CSTNode | None:
         return self.parents.get(node)
@@ -295,20 +288,6 @@ def index(module: cst.Module) -> Index:
                 out.parents[node] = stack[-1]
             stack.append(node)
             out.nodes.append(node)
-            if isinstance(node, cst.Import):
-                for alias in node.names:
-                    full = get_full_name_for_node(alias.name) or ""
-                    if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
-                        out.bindings[alias.asname.name.value] = full
-                    else:
-                        out.bindings[full.split(".")[0]] = full.split(".")[0]
-            elif isinstance(node, cst.ImportFrom) and not isinstance(node.names, cst.ImportStar):
-                if not node.relative and node.module is not None:
-                    base = get_full_name_for_node(node.module) or ""
-                    for alias in node.names:
-                        name = get_full_name_for_node(alias.name) or ""
-                        asname = alias.asname.name if alias.asname is not None else None
-                        out.bindings[asname.value if isinstance(asname, cst.Name) else name] = f"{base}.{name}"
             return True
 
         def on_leave(self, original_node: cst.CSTNode) -> None:

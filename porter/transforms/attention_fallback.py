@@ -144,9 +144,6 @@ class _Fallback(Rewriter):
     def visit_Module(self, node: cst.Module) -> bool:
         super().visit_Module(node)
         self._index = _gates.index(node)  # porter's own `_porter_*` helpers are not indexed
-        bindings = self._index.bindings
-        self._flash_bound = {k for k, v in bindings.items() if v == "flash_attn" or v.startswith("flash_attn.")}
-        self._sdp_bound = {k for k, v in bindings.items() if v.split(".")[0] == "torch"}
         for n in self._index.nodes:
             self._plan(n)
         for gate in self._gate_candidates:
@@ -287,8 +284,8 @@ class _Fallback(Rewriter):
 
     # calls ----------------------------------------------------------------------------------
     def _flash_kind(self, func: cst.CSTNode) -> str | None:
-        if _gates.root_name(func) not in self._flash_bound:
-            return None  # spelling filter: only names rooted in a flash_attn import can refer to it
+        if not self.may_import(func, "flash_attn"):
+            return None  # spelling filter: only names spelled through a flash_attn import can be it
         for q in self.resolves(func):
             if q == "flash_attn" or q.startswith("flash_attn."):
                 last = q.rsplit(".", 1)[-1]
@@ -312,12 +309,7 @@ class _Fallback(Rewriter):
             self.find(call, "flash-attention", f"{name}: a flash_attn API without an SDPA rewrite in porter; "
                       "reached on npu only if flash-attention is selected there")
             return
-        # spelling filter: `torch.backends.cuda.sdp_kernel(...)`, or a name imported as one of them
-        if isinstance(call.func, cst.Attribute):
-            tail = call.func.attr.value
-        else:
-            tail = self._index.bindings.get(_gates.root_name(call.func) or "", "").rsplit(".", 1)[-1]
-        if _gates.root_name(call.func) not in self._sdp_bound or tail not in ("sdp_kernel", "sdpa_kernel"):
+        if not self.may_import(call.func, SDP_KERNEL, SDPA_KERNEL):
             return
         names = self.resolves(call.func)
         if SDP_KERNEL in names or SDPA_KERNEL in names:

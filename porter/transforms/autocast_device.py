@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import libcst as cst
-from libcst.metadata import ParentNodeProvider
 from pydantic import BaseModel, ConfigDict, Field
 
 from porter.transforms._base import Example, PythonTransform, Rewriter, Safety
@@ -73,7 +72,7 @@ class _Rewrite(Rewriter):
 
     def _autocast_call(self, node: cst.CSTNode) -> str | None:
         if isinstance(node, cst.Call):
-            names = self.imported_names(node.func)
+            names = self.imported_names(node.func, within="torch.")
             if names & AUTOCAST:
                 return "autocast"
             if names & CUDA_AMP_AUTOCAST:
@@ -82,7 +81,7 @@ class _Rewrite(Rewriter):
 
     # -- marking (top-down) ---------------------------------------------------------------------
     def visit_Call(self, node: cst.Call) -> bool:
-        names = self.imported_names(node.func)
+        names = self.imported_names(node.func, within="torch.")  # every name below is torch's
         if names & AUTOCAST or names & STATE:
             what = "autocast" if names & AUTOCAST else f"{sorted(names & STATE)[0]}"
             device = _device_arg(node)
@@ -128,7 +127,7 @@ class _Rewrite(Rewriter):
         if what is None:
             return updated_node
         need_npu_available(self)
-        parent = self.meta(ParentNodeProvider, original_node, None)
+        parent = self.parent(original_node)
         result = runtime_device(original_node, updated_node, parent)
         return self.record(original_node, result,
                            f"{what}: autocast on npu when it is the device in use (CUDA's silently switches off there)")
@@ -140,7 +139,7 @@ class _Rewrite(Rewriter):
         why, npu_test = choice
         if npu_test is None:
             need_npu_available(self)
-        parent = self.meta(ParentNodeProvider, original_node, None)
+        parent = self.parent(original_node)
         result = prefer_npu(original_node, updated_node, npu_twin(updated_node.body), parent, npu_test)
         return self.record(original_node, result, f"{why}: npu autocast for npu tensors, the upstream choice otherwise")
 
@@ -167,7 +166,7 @@ class _Rewrite(Rewriter):
                     npu_func = func.deep_clone()
                 need_npu_available(self)
                 npu_call = cst.Call(func=npu_func, args=[cst.Arg(cst.SimpleString('"npu"'))])
-                parent = self.meta(ParentNodeProvider, original_node, None)
+                parent = self.parent(original_node)
                 result = prefer_npu(original_node, updated_node, npu_call, parent)
                 return self.record(original_node, result,
                                    f"{self.code(original_node.func).strip()}() reads CUDA's autocast state; "
@@ -177,7 +176,7 @@ class _Rewrite(Rewriter):
     def _cuda_amp(self, original: cst.CSTNode, updated: cst.BaseExpression) -> cst.BaseExpression:
         if not _dotted(original) or not (self.imported_names(original) & CUDA_AMP_AUTOCAST):
             return updated
-        parent = self.meta(ParentNodeProvider, original, None)
+        parent = self.parent(original)
         if isinstance(parent, cst.Attribute) and parent.value is original:
             return updated
         need_cuda_or_npu(self)

@@ -67,12 +67,6 @@ class _Bypass(Rewriter):
     def visit_Module(self, node: cst.Module) -> bool:
         super().visit_Module(node)
         self._index = _gates.index(node)  # porter's own `_porter_*` helpers are not indexed
-        tails = {q.rsplit(".", 1)[-1] for q in self.apis | GRAPH_CAPTURE}
-        self._candidates = {
-            local for local, full in self._index.bindings.items()
-            if full.rsplit(".", 1)[-1] in tails or full.split(".")[0] == "torch"
-        }
-        self._tails = tails
         nodes = self._index.nodes
         for n in nodes:
             if isinstance(n, (cst.If, cst.IfExp, cst.While)) and self._device_test(n.test):
@@ -102,11 +96,7 @@ class _Bypass(Rewriter):
 
     def _may_be_api(self, n: cst.Name | cst.Attribute) -> bool:
         """Spelling filter before asking for qualified names (which is the expensive part)."""
-        if isinstance(n, cst.Attribute):
-            return n.attr.value in self._tails and _gates.root_name(n) in self._candidates
-        # a bare name is an API only when it was imported as one (`from torch import compile as c`);
-        # `torch` or `nn` on their own (in their import statements, say) are modules, not calls
-        return self._index.bindings.get(n.value, "").rsplit(".", 1)[-1] in self._tails
+        return self.may_import(n, *self.apis, *GRAPH_CAPTURE)
 
     def _plan_reference(self, n: cst.Name | cst.Attribute) -> None:
         if not self._may_be_api(n):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import libcst as cst
-from libcst.metadata import ParentNodeProvider
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from porter.transforms._base import Example, PythonTransform, Rewriter, Safety
@@ -60,9 +59,7 @@ class _Rewrite(Rewriter):
         """"synchronize" for torch.cuda.synchronize (also torch.cuda.memory.X, aliases, from-imports)."""
         if not _dotted(node):
             return None  # `torch.cuda.f(0).total_memory` is an attribute of a result, not a torch.cuda name
-        for name in self.imported_names(node):
-            if not name.startswith("torch.cuda."):
-                continue
+        for name in self.imported_names(node, within="torch.cuda."):
             rest = name[len("torch.cuda."):].split(".")
             if len(rest) == 2 and rest[0] in _SUBMODULES:
                 rest = rest[1:]
@@ -124,7 +121,7 @@ class _Rewrite(Rewriter):
         return self.record(original_node, result, why)
 
     def _reference(self, original: cst.CSTNode) -> None:
-        parent = self.meta(ParentNodeProvider, original, None)
+        parent = self.parent(original)
         if isinstance(parent, cst.Attribute) and parent.value is original:
             return  # part of a longer name; the outermost node decides
         if isinstance(parent, cst.Call) and parent.func is original:
@@ -151,7 +148,7 @@ class _Rewrite(Rewriter):
         child: cst.CSTNode = call
         negated = False
         while True:
-            parent = self.meta(ParentNodeProvider, child, None)
+            parent = self.parent(child)
             if isinstance(parent, cst.BooleanOperation):
                 child = parent
             elif isinstance(parent, cst.UnaryOperation) and isinstance(parent.operator, cst.Not):
@@ -182,7 +179,7 @@ class _Rewrite(Rewriter):
         """Whether `node` only ends up in a message: print(...), logger.info(...), an f-string."""
         child = node
         while True:
-            parent = self.meta(ParentNodeProvider, child, None)
+            parent = self.parent(child)
             if isinstance(parent, (cst.FormattedStringExpression, cst.FormattedString)):
                 return True
             if isinstance(parent, (cst.Arg, cst.BinaryOperation)):
@@ -209,7 +206,7 @@ class _Rewrite(Rewriter):
                 return f"sets a flag that later code may read as 'CUDA is present' (line {line})"
             if isinstance(node, (cst.Attribute, cst.Name)):
                 name = self.cuda_name(node)
-                parent = self.meta(ParentNodeProvider, node, None)
+                parent = self.parent(node)
                 outermost = not (isinstance(parent, cst.Attribute) and parent.value is node)
                 if name and outermost and not self.owned_elsewhere(name) and self.why_not(name):
                     return f"uses torch.cuda.{name} (line {line})"

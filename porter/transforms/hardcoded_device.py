@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import libcst as cst
-from libcst.metadata import ParentNodeProvider
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from porter.transforms._base import Example, PythonTransform, Rewriter, Safety
@@ -145,7 +144,7 @@ class _Rewrite(Rewriter):
 
     def visit_Call(self, node: cst.Call) -> bool:
         func = node.func
-        names = self.imported_names(func)
+        names = self.imported_names(func, within="torch.")  # every name below is torch's
         for arg in node.args:
             if arg.keyword is not None and self.names.match(arg.keyword.value):
                 self._mark(arg.value, f"`{arg.keyword.value}=` argument")
@@ -201,7 +200,7 @@ class _Rewrite(Rewriter):
                           "CUDA device string in a place porter does not recognise as a device; left as is")
             return updated
         need_npu_available(self)
-        parent = self.meta(ParentNodeProvider, original, None)
+        parent = self.parent(original)
         result = runtime_device(original, updated, parent)
         return self.record(original, result, f"{why}: npu when available, else the CUDA device as before")
 
@@ -215,7 +214,7 @@ class _Rewrite(Rewriter):
         if id(original_node) not in self.choices:
             return updated_node
         need_npu_available(self)
-        parent = self.meta(ParentNodeProvider, original_node, None)
+        parent = self.parent(original_node)
         result = prefer_npu(original_node, updated_node, npu_twin(updated_node.body), parent)
         return self.record(
             original_node, result,
@@ -250,7 +249,7 @@ class _Rewrite(Rewriter):
         """Literals other transforms handle: comparisons (widen-device-check), autocast device types."""
         child = node
         for _ in range(8):
-            parent = self.meta(ParentNodeProvider, child, None)
+            parent = self.parent(child)
             if parent is None or isinstance(parent, (cst.BaseStatement, cst.BaseSmallStatement)):
                 return False
             if isinstance(parent, (cst.Comparison, cst.ComparisonTarget)):
