@@ -26,6 +26,9 @@ CUDA_ONLY_MODULES = ("flash_attn", "triton", "apex", "xformers", "deepspeed", "g
 _CUDA = re.compile(r"^cuda(:\d+)?$")
 _COMPILE = re.compile(r"torch\.compile|CUDAGraph|cuda\.graph|capture_model|make_graphed_callables|reduce-overhead")
 _DEVICE_KWARGS = {"device", "map_location", "device_map", "device_type", "default_device"}
+# Where an attention implementation is chosen (attention-fallback's default keys, matched by suffix).
+_ATTN_KEY = re.compile(r"(?:^|_)attn_implementation$")
+_RETURNS_IMPLEMENTATION = re.compile(r"attn_?impl|attention_?impl", re.I)
 
 # Which transforms handle which category (a category no step of the recipe uses is "unhandled").
 HANDLED_BY = {
@@ -124,6 +127,15 @@ class _Visitor(ast.NodeVisitor):
         for d in node.args.defaults + node.args.kw_defaults:
             if isinstance(d, ast.Constant) and isinstance(d.value, str) and _CUDA.match(d.value):
                 self.add(d, "hardcoded-device", f'default "{d.value}"')
+        positional = node.args.posonlyargs + node.args.args
+        defaults = list(zip(positional[len(positional) - len(node.args.defaults):], node.args.defaults))
+        for arg, default in defaults + list(zip(node.args.kwonlyargs, node.args.kw_defaults)):
+            if default is not None and _ATTN_KEY.search(arg.arg):
+                self._flash_request(default, arg.arg)
+        if _RETURNS_IMPLEMENTATION.search(node.name):
+            for n in ast.walk(node):
+                if isinstance(n, ast.Return) and n.value is not None:
+                    self._flash_request(n.value, f"{node.name}()")
         self.generic_visit(node)
         self.helper_depth -= helper
 
@@ -196,7 +208,32 @@ class _Visitor(ast.NodeVisitor):
         if (any("device" in n.lower() for n in names) and not _porter_test(node.value)
                 and any(_is_cuda_literal(n) for n in ast.walk(node.value))):
             self.add(node, "hardcoded-device", ast.unparse(node)[:120])
+        if any(_ATTN_KEY.search(_key_name(t)) for t in node.targets):
+            self._flash_request(node.value, ast.unparse(node.targets[0]))
         self.generic_visit(node)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+        if node.value is not None and _ATTN_KEY.search(_key_name(node.target)):
+            self._flash_request(node.value, ast.unparse(node.target))
+        self.generic_visit(node)
+
+    def visit_Dict(self, node: ast.Dict) -> None:
+        for key, value in zip(node.keys, node.values):
+            if isinstance(key, ast.Constant) and isinstance(key.value, str) and _ATTN_KEY.search(key.value):
+                self._flash_request(value, repr(key.value))
+        self.generic_visit(node)
+
+    def _flash_request(self, value: ast.AST, key: str) -> None:
+        """A "flash_attention_2" literal the value can evaluate to (through conditional and boolean
+        expressions, as attention-fallback follows it): a flash-attention request."""
+        if isinstance(value, ast.Constant) and value.value == "flash_attention_2":
+            self.add(value, "flash-attention", f'{key} -> "flash_attention_2"')
+        elif isinstance(value, ast.IfExp) and not _porter_test(value.test):
+            self._flash_request(value.body, key)
+            self._flash_request(value.orelse, key)
+        elif isinstance(value, ast.BoolOp):
+            for v in value.values:
+                self._flash_request(v, key)
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         if node.attr == "is_cuda":
@@ -244,12 +281,22 @@ class _Visitor(ast.NodeVisitor):
                 self.add(node, "compile", f'mode="{k.value.value}"')
             if isinstance(k.value, ast.Constant) and k.value.value == "nccl":
                 self.add(node, "cuda-only-import", 'backend="nccl"')
-            if k.arg in ("attn_implementation", "_attn_implementation") and isinstance(k.value, ast.Constant) \
-                    and k.value.value == "flash_attention_2":
-                self.add(node, "flash-attention", f'{k.arg}="flash_attention_2"')
+            if k.arg and _ATTN_KEY.search(k.arg):
+                self._flash_request(k.value, k.arg)
         if q in ("torch.device",) and node.args and _is_cuda_literal(node.args[0]):
             self.add(node, "hardcoded-device", ast.unparse(node)[:120])
         self.generic_visit(node)
+
+
+def _key_name(target: ast.AST) -> str:
+    """`x` / `self.x` / `d["x"]` -> "x"."""
+    if isinstance(target, ast.Name):
+        return target.id
+    if isinstance(target, ast.Attribute):
+        return target.attr
+    if isinstance(target, ast.Subscript) and isinstance(target.slice, ast.Constant):
+        return str(target.slice.value)
+    return ""
 
 
 def _porter_test(test: ast.AST) -> bool:

@@ -124,3 +124,27 @@ def test_upstream_branch_kept_behind_a_porter_test_is_not_reported():
 def test_device_assignments_with_a_cuda_literal_are_sites():
     code = 'device = get_current_accelerator() or "cuda"\nself_device = "cpu"\nname = "cuda"\n'
     assert [(s.line, s.category) for s in scan_source(code)] == [(1, "hardcoded-device")]
+
+
+def test_flash_attention_requests_wherever_attention_fallback_looks_for_them():
+    # transformers' modeling_falcon.py: `attn_implementation = ("flash_attention_2" if ... else ...)`
+    code = '''\
+def build(config, attn_implementation="flash_attention_2", *, draft_attn_implementation="eager"):
+    attn_implementation = ("flash_attention_2" if is_flash(config) else config._attn_implementation)
+    self.config._attn_implementation: str = "flash_attention_2"
+    kwargs = {"attn_implementation": "eager" if slow else "flash_attention_2"}
+    load(attn_implementation="flash_attention_2" if fast else "sdpa")
+    if config._attn_implementation == "flash_attention_2":
+        pass
+    CLASSES = {"flash_attention_2": FlashAttention}
+    ported = _porter_flash_attention_or_fallback("flash_attention_2")
+    note = "flash_attention_2 is fast"
+
+
+def default_attn_implementation():
+    return "flash_attention_2"
+'''
+    assert [(s.line, s.category) for s in scan_source(code)] == [
+        (1, "flash-attention"), (2, "flash-attention"), (3, "flash-attention"), (4, "flash-attention"),
+        (5, "flash-attention"), (14, "flash-attention"),
+    ]
