@@ -270,6 +270,9 @@ class _Visitor(ast.NodeVisitor):
             if any(_is_cuda_literal(a) for a in node.args[:1]) or any(
                     k.arg == "device_type" and _is_cuda_literal(k.value) for k in node.keywords):
                 self.add(node, "autocast", ast.unparse(node)[:120])
+        elif q in ("torch.is_autocast_enabled", "torch.get_autocast_gpu_dtype") and not node.args \
+                and not node.keywords:
+            self.add(node, "autocast", f"{q}() reads CUDA's autocast state")
         elif isinstance(node.func, ast.Attribute) and node.func.attr == "cuda" and not node.args:
             self.add(node, "hardcoded-device", ast.unparse(node)[:120])
         for k in node.keywords:

@@ -148,3 +148,9 @@ def default_attn_implementation():
         (1, "flash-attention"), (2, "flash-attention"), (3, "flash-attention"), (4, "flash-attention"),
         (5, "flash-attention"), (14, "flash-attention"),
     ]
+
+
+def test_autocast_state_read_without_a_device_type_is_cudas():
+    code = ("import torch\nif torch.is_autocast_enabled():\n    dtype = torch.get_autocast_gpu_dtype()\n"
+            "torch.is_autocast_enabled('cpu')\n")
+    assert [(s.line, s.category) for s in scan_source(code)] == [(2, "autocast"), (3, "autocast")]
