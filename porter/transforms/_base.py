@@ -17,7 +17,7 @@ import ast
 import enum
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 import libcst as cst
 import libcst.matchers as m
@@ -478,6 +478,16 @@ class Rewriter(m.MatcherDecoratableTransformer):
                 step=self.ctx.step,
             )
         )
+
+
+def walk(node: cst.CSTNode, prune: Callable[[cst.CSTNode], bool] | None = None) -> Iterator[cst.CSTNode]:
+    """`node` and everything below it, in source order; below a node `prune` accepts, nothing."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        yield n
+        if prune is None or not prune(n):
+            stack.extend(reversed(n.children))
 
 
 def _after_imports(body: list[cst.BaseStatement]) -> int:

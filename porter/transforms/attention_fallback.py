@@ -11,7 +11,9 @@ from libcst.helpers import get_full_name_for_node
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from porter.transforms import _gates, _runtime
-from porter.transforms._base import Context, Example, Finding, Outcome, PythonTransform, Rewriter, Safety
+from porter.transforms._base import (
+    Context, Example, Finding, Outcome, PythonTransform, Rewriter, Safety, walk,
+)
 
 KNOWN_IMPLEMENTATIONS = frozenset(
     {"eager", "sdpa", "flex_attention", "paged_attention", "flash_attention_2", "flash_attention_3"}
@@ -151,14 +153,6 @@ class _Fallback(Rewriter):
         # every rewrite is planned above: with none, the traversal below would change nothing
         return any((self._wrap, self._wrap_assign, self._widen, self._calls, self._contexts, self._imports))
 
-    @staticmethod
-    def _walk(node: cst.CSTNode):
-        stack = [node]
-        while stack:
-            n = stack.pop()
-            yield n
-            stack.extend(reversed(n.children))
-
     def _plan(self, n: cst.CSTNode) -> None:
         if isinstance(n, cst.Arg) and n.keyword is not None and self.is_key(n.keyword.value):
             self._sink(n.value)
@@ -221,7 +215,7 @@ class _Fallback(Rewriter):
             return
         if next((a for a in chain if isinstance(a, (cst.FunctionDef, cst.ClassDef))), None) is not func:
             return
-        for n in self._walk(value):  # the whole value is checked at run time; no inner wraps
+        for n in walk(value):  # the whole value is checked at run time; no inner wraps
             self._wrap.pop(n, None)
         self._wrap_assign[assign] = R_CONFIG.format(on=self.on_text, fb=self.params.fallback, cls=cls.name.value)
 
@@ -279,7 +273,7 @@ class _Fallback(Rewriter):
     def _mentions_cuda(self, test: cst.CSTNode) -> bool:
         return any(
             (_string(n) is not None and _CUDA.match(_string(n) or "")) or (isinstance(n, cst.Name) and n.value == "is_cuda")
-            for n in self._walk(test)
+            for n in walk(test)
         )
 
     # calls ----------------------------------------------------------------------------------
@@ -508,7 +502,7 @@ class _Fallback(Rewriter):
                 return False
         rewritten = 0
         for stmt in following:
-            for n in self._walk(stmt):
+            for n in walk(stmt):
                 if isinstance(n, cst.Call) and n in self._calls:
                     rewritten += 1
                 elif isinstance(n, (cst.Name, cst.Attribute)) and self._flash_kind(n) is not None:

@@ -7,7 +7,7 @@ import re
 import libcst as cst
 from pydantic import BaseModel, ConfigDict, Field
 
-from porter.transforms._base import Example, PythonTransform, Rewriter, Safety
+from porter.transforms._base import Example, PythonTransform, Rewriter, Safety, walk
 from porter.transforms._npu_runtime import (
     CUDA_OR_NPU,
     CUDA_OR_NPU_SOURCE,
@@ -225,7 +225,7 @@ def _positive_calls(test: cst.CSTNode):
 def _tensor_device(test: cst.CSTNode) -> cst.BaseExpression | None:
     """The device a test examines: `x.device` for `x.is_cuda`, `d` for `d.type == "cuda"`."""
     subjects = []
-    for node in _walk(test):
+    for node in walk(test):
         if isinstance(node, cst.Attribute) and node.attr.value == "is_cuda":
             subjects.append(cst.Attribute(value=node.value, attr=cst.Name("device")))
         elif isinstance(node, cst.Comparison) and isinstance(node.left, cst.Attribute) and \
@@ -235,13 +235,7 @@ def _tensor_device(test: cst.CSTNode) -> cst.BaseExpression | None:
 
 
 def _mentions_cuda(node: cst.CSTNode) -> bool:
-    return any(string_value(n) == "cuda" for n in _walk(node))
-
-
-def _walk(node: cst.CSTNode):
-    yield node
-    for child in node.children:
-        yield from _walk(child)
+    return any(string_value(n) == "cuda" for n in walk(node))
 
 
 C = f"{NPU_AVAILABLE}()"

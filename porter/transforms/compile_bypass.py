@@ -10,7 +10,7 @@ import libcst as cst
 from pydantic import BaseModel, ConfigDict, Field
 
 from porter.transforms import _gates, _runtime
-from porter.transforms._base import Example, PythonTransform, Rewriter, Safety
+from porter.transforms._base import Example, PythonTransform, Rewriter, Safety, walk
 
 GRAPH_CAPTURE = frozenset(
     {"torch.cuda.graph", "torch.cuda.CUDAGraph", "torch.cuda.graphs.graph", "torch.cuda.graphs.CUDAGraph"}
@@ -55,14 +55,6 @@ class _Bypass(Rewriter):
     def _ancestors(self, node: cst.CSTNode):
         return self._index.ancestors(node)
 
-    @staticmethod
-    def _walk(node: cst.CSTNode):
-        stack = [node]
-        while stack:
-            n = stack.pop()
-            yield n
-            stack.extend(reversed(n.children))
-
     # -- planning (original tree) -------------------------------------------------------------
     def visit_Module(self, node: cst.Module) -> bool:
         super().visit_Module(node)
@@ -82,7 +74,7 @@ class _Bypass(Rewriter):
         return bool(self._wrap)  # every rewrite is planned above: with none, skip the traversal
 
     def _device_test(self, test: cst.CSTNode) -> bool:
-        for n in self._walk(test):
+        for n in walk(test):
             value = _string(n)
             if value is not None and _CUDA.match(value):
                 return True

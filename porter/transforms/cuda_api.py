@@ -7,7 +7,7 @@ import re
 import libcst as cst
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from porter.transforms._base import Example, PythonTransform, Rewriter, Safety
+from porter.transforms._base import Example, PythonTransform, Rewriter, Safety, walk
 from porter.transforms._npu_runtime import (
     CUDA_OR_NPU,
     CUDA_OR_NPU_SOURCE,
@@ -194,7 +194,7 @@ class _Rewrite(Rewriter):
 
     def blocker(self, region: cst.CSTNode) -> str | None:
         """Why code guarded by is_available() might not work on npu, or None when it follows the device."""
-        for node in _walk(region, prune=is_ported_choice):
+        for node in walk(region, prune=is_ported_choice):
             line = self.line_of(node)[0]
             if is_cuda_literal(node):
                 return f"hard-codes a CUDA device (line {line}; run hardcoded-device first)"
@@ -239,14 +239,6 @@ def _dotted(node: cst.CSTNode) -> bool:
     while isinstance(node, cst.Attribute):
         node = node.value
     return isinstance(node, cst.Name)
-
-
-def _walk(node: cst.CSTNode, prune):
-    yield node
-    if prune(node):
-        return
-    for child in node.children:
-        yield from _walk(child, prune)
 
 
 C = f"{CUDA_OR_NPU}()"

@@ -7,7 +7,7 @@ import re
 import libcst as cst
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from porter.transforms._base import Example, PythonTransform, Rewriter, Safety
+from porter.transforms._base import Example, PythonTransform, Rewriter, Safety, walk
 from porter.transforms._npu_runtime import (
     CUDA_OR_NPU,
     NPU_AVAILABLE,
@@ -188,7 +188,7 @@ class _Rewrite(Rewriter):
         return False
 
     def _claim_all(self, node: cst.CSTNode) -> None:
-        for child in _walk(node):
+        for child in walk(node):
             self.reported.add(id(child))
 
     # -- rewriting -------------------------------------------------------------------------------------
@@ -272,10 +272,6 @@ def _dotted(node: cst.CSTNode) -> bool:
     return isinstance(node, cst.Name)
 
 
-def _walk(node: cst.CSTNode):
-    yield node
-    for child in node.children:
-        yield from _walk(child)
 
 
 C = f"{NPU_AVAILABLE}()"
