@@ -11,6 +11,7 @@ from libcst.helpers import get_full_name_for_node
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from porter.transforms import _gates, _runtime
+from porter.transforms._npu_runtime import string_value as _string
 from porter.transforms._base import (
     Context, Example, Finding, Outcome, PythonTransform, Rewriter, Safety, walk,
 )
@@ -78,13 +79,6 @@ def _literal(node: cst.CSTNode | None) -> tuple[bool, Any]:
         return True, ast.literal_eval(code.strip())
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return False, None
-
-
-def _string(node: cst.CSTNode | None) -> str | None:
-    if isinstance(node, cst.SimpleString):
-        ok, value = _literal(node)
-        return value if ok and isinstance(value, str) else None
-    return None
 
 
 def _key_name(target: cst.CSTNode) -> str | None:

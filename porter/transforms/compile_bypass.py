@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import re
 from typing import Literal
 
@@ -10,6 +9,7 @@ import libcst as cst
 from pydantic import BaseModel, ConfigDict, Field
 
 from porter.transforms import _gates, _runtime
+from porter.transforms._npu_runtime import string_value as _string
 from porter.transforms._base import Example, PythonTransform, Rewriter, Safety, walk
 
 GRAPH_CAPTURE = frozenset(
@@ -28,16 +28,6 @@ R_CAPTURE = (
     "CUDA-graph capture not rewritten: capture/replay cannot be bypassed locally. It stays off on npu "
     "only if its callers are behind a device gate (compile gates are never widened); check them"
 )
-
-
-def _string(node: cst.CSTNode | None) -> str | None:
-    if isinstance(node, cst.SimpleString):
-        try:
-            value = ast.literal_eval(node.value)
-        except (ValueError, SyntaxError):
-            return None
-        return value if isinstance(value, str) else None
-    return None
 
 
 class _Bypass(Rewriter):
