@@ -81,6 +81,19 @@ def string_value(node: cst.CSTNode) -> str | None:
     return None
 
 
+def target_name(target: cst.CSTNode) -> str | None:
+    """The name an assignment target stores under: x, obj.x, d["x"]."""
+    if isinstance(target, cst.Name):
+        return target.value
+    if isinstance(target, cst.Attribute):
+        return target.attr.value
+    if isinstance(target, cst.Subscript) and len(target.slice) == 1:
+        index = target.slice[0].slice
+        if isinstance(index, cst.Index):
+            return string_value(index.value)
+    return None
+
+
 def is_cuda_literal(node: cst.CSTNode) -> bool:
     """`"cuda"`, `'cuda:1'`, or an f-string naming a CUDA device such as `f"cuda:{rank}"`."""
     value = string_value(node)

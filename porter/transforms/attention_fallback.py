@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from porter.transforms import _gates, _runtime
 from porter.transforms._npu_runtime import string_value as _string
+from porter.transforms._npu_runtime import target_name as _key_name
 from porter.transforms._base import (
     Context, Example, Finding, Outcome, PythonTransform, Rewriter, Safety, walk,
 )
@@ -79,19 +80,6 @@ def _literal(node: cst.CSTNode | None) -> tuple[bool, Any]:
         return True, ast.literal_eval(code.strip())
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return False, None
-
-
-def _key_name(target: cst.CSTNode) -> str | None:
-    """The name an assignment target stores under: x, obj.x, d["x"]."""
-    if isinstance(target, cst.Name):
-        return target.value
-    if isinstance(target, cst.Attribute):
-        return target.attr.value
-    if isinstance(target, cst.Subscript) and len(target.slice) == 1:
-        index = target.slice[0].slice
-        if isinstance(index, cst.Index):
-            return _string(index.value)
-    return None
 
 
 def _string_like(template: cst.SimpleString, value: str) -> cst.SimpleString:

@@ -22,6 +22,7 @@ from porter.transforms._npu_runtime import (
     prefer_npu,
     runtime_device,
     string_value,
+    target_name,
 )
 from porter.transforms._torch_npu_data import check_version, load
 
@@ -81,17 +82,6 @@ class _Rewrite(Rewriter):
                 self.find(expr, "hardcoded-device",
                           f"{why}, built from a CUDA string at run time; porter cannot rewrite it safely")
 
-    def _device_name(self, node: cst.CSTNode) -> str | None:
-        if isinstance(node, cst.Name):
-            return node.value
-        if isinstance(node, cst.Attribute):
-            return node.attr.value
-        if isinstance(node, cst.Subscript) and len(node.slice) == 1:
-            index = node.slice[0].slice
-            if isinstance(index, cst.Index):
-                return string_value(index.value)
-        return None
-
     def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
         self.functions.append(node.name.value)
         # `def cuda(self, ...)` implements .cuda() (e.g. a model class checking quantisation before
@@ -109,13 +99,13 @@ class _Rewrite(Rewriter):
 
     def visit_Assign(self, node: cst.Assign) -> bool:
         for target in node.targets:
-            name = self._device_name(target.target)
+            name = target_name(target.target)
             if name and self.names.match(name):
                 self._mark(node.value, f"assigned to `{self.code(target.target).strip()}`")
         return True
 
     def visit_AnnAssign(self, node: cst.AnnAssign) -> bool:
-        name = self._device_name(node.target)
+        name = target_name(node.target)
         if node.value is not None and name and self.names.match(name):
             self._mark(node.value, f"assigned to `{self.code(node.target).strip()}`")
         return True
