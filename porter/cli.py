@@ -112,6 +112,8 @@ def validate(recipe: Path) -> None:
 
     loaded = load_recipe(recipe)
     err.print(f"{recipe}: ok ({len(loaded.recipe.steps)} steps)")
+    for note in loaded.notes:
+        err.print(f"[yellow]note:[/] {note}")
 
 
 @cli.command()

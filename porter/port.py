@@ -147,6 +147,8 @@ def apply(
     loaded = load_recipe(recipe_path)
     target = (out or DEFAULT_OUT) / loaded.recipe.name
     overrides = overrides or {}
+    for note in loaded.notes:
+        progress(f"note: {note}")
 
     def shown(i: int, s: Any) -> str:
         local = overrides.get(s.id) if s.id in overrides else (overrides.get(None) if i == 0 else None)

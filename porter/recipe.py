@@ -203,6 +203,7 @@ class LoadedRecipe:
     path: Path
     sha256: str
     transforms: tuple[Any, ...]  # one Transform instance per step
+    notes: tuple[str, ...] = ()  # file:line: what the step order costs (see order_notes)
 
 
 # -- loading ----------------------------------------------------------------------------------
@@ -325,8 +326,36 @@ def load_recipe(path: str | Path) -> LoadedRecipe:
     if errors:
         raise UsageError("\n".join(errors))
     assert recipe is not None
+    notes = tuple(f"{shown}:{_line_for(('steps', i, 'use'), lines)}: {note}" for i, note in order_notes(recipe))
     return LoadedRecipe(recipe=recipe, path=path, sha256=hashlib.sha256(raw).hexdigest(),
-                        transforms=tuple(transforms))
+                        transforms=tuple(transforms), notes=notes)
+
+
+# Transforms whose rewrites may call torch.npu (directly or through a `_porter_*` helper): a module
+# they change may need the `import torch_npu` that import-order adds.
+_ADDS_NPU_CALLS = ("attention-fallback", "autocast-device", "compile-bypass", "cuda-api", "hardcoded-device",
+                   "mem-get-info")
+
+
+def order_notes(recipe: Recipe) -> list[tuple[int, str]]:
+    """(step index, note) where the steps' order leaves work undone; not errors: the port stays
+    correct and the report shows what was left, but a reordered recipe ports more."""
+    uses = [s.use for s in recipe.steps]
+    notes = []
+    for i, use in enumerate(uses):
+        later = uses[i + 1:]
+        if use == "cuda-api" and "hardcoded-device" in later:
+            j = i + 1 + later.index("hardcoded-device")
+            notes.append((i, f"step {i + 1} (cuda-api) runs before step {j + 1} (hardcoded-device): cuda-api widens"
+                          " a torch.cuda.is_available() guard only when the code it guards follows the device, so"
+                          " guards around hard-coded CUDA devices stay findings; put hardcoded-device first"))
+        if use == "import-order":
+            j = next((i + 1 + k for k, u in enumerate(later) if u in _ADDS_NPU_CALLS), None)
+            if j is not None:
+                notes.append((i, f"step {i + 1} (import-order) runs before step {j + 1} ({uses[j]}), whose rewrites"
+                              " may call torch.npu: a module that only then calls it gets no `import torch_npu`;"
+                              " put import-order last"))
+    return notes
 
 
 def _unknown_key(loc: tuple[Any, ...], data: dict[str, Any]) -> str:

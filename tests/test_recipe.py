@@ -110,3 +110,35 @@ def test_every_shipped_recipe_validates():
     assert recipes
     for r in recipes:
         assert main(["validate", str(r)]) == 0, r
+
+
+ORDER = """\
+porter: 1
+name: demo
+source:
+  path: src
+steps:
+  - use: import-order
+  - use: cuda-api
+  - use: hardcoded-device
+"""
+
+
+def test_step_order_that_leaves_work_undone_is_a_note_with_its_line(tmp_path, capsys):
+    p = write(tmp_path, ORDER)
+    notes = load_recipe(p).notes
+    assert len(notes) == 2, notes
+    assert notes[0].startswith(f"{p}:6: step 1 (import-order) runs before step 2 (cuda-api)")
+    assert notes[1].startswith(f"{p}:7: step 2 (cuda-api) runs before step 3 (hardcoded-device)")
+    assert main(["validate", str(p)]) == 0  # a note, not an error: the port is still correct
+    err = capsys.readouterr().err
+    assert "note:" in err and "put hardcoded-device first" in err and "put import-order last" in err
+    reordered = ORDER.replace("  - use: import-order\n", "") + "  - use: import-order\n"
+    reordered = reordered.replace("  - use: cuda-api\n  - use: hardcoded-device\n",
+                                  "  - use: hardcoded-device\n  - use: cuda-api\n")
+    assert load_recipe(write(tmp_path, reordered)).notes == ()
+
+
+def test_shipped_recipes_have_no_order_notes():
+    for r in sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml")):
+        assert load_recipe(r).notes == (), r
