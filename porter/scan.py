@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from porter.transforms import Finding
+from porter.transforms.attention_fallback import RETURNS_IMPLEMENTATION
 
 PREFILTER = re.compile(
     r"cuda|flash_attn|flash_attention|compile|CUDAGraph|triton|apex|xformers|deepspeed|grouped_gemm|nccl|autocast"
@@ -28,7 +29,6 @@ _COMPILE = re.compile(r"torch\.compile|CUDAGraph|cuda\.graph|capture_model|make_
 _DEVICE_KWARGS = {"device", "map_location", "device_map", "device_type", "default_device"}
 # Where an attention implementation is chosen (attention-fallback's default keys, matched by suffix).
 _ATTN_KEY = re.compile(r"(?:^|_)attn_implementation$")
-_RETURNS_IMPLEMENTATION = re.compile(r"attn_?impl|attention_?impl", re.I)
 
 # Which transforms handle which category (a category no step of the recipe uses is "unhandled").
 HANDLED_BY = {
@@ -132,7 +132,7 @@ class _Visitor(ast.NodeVisitor):
         for arg, default in defaults + list(zip(node.args.kwonlyargs, node.args.kw_defaults)):
             if default is not None and _ATTN_KEY.search(arg.arg):
                 self._flash_request(default, arg.arg)
-        if _RETURNS_IMPLEMENTATION.search(node.name):
+        if RETURNS_IMPLEMENTATION.search(node.name):
             for n in ast.walk(node):
                 if isinstance(n, ast.Return) and n.value is not None:
                     self._flash_request(n.value, f"{node.name}()")

@@ -47,6 +47,14 @@ def run_json(argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | 
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def import_probe(body: str) -> str:
+    """A child script: `body` (indented by 4) fills the dict `out`; whatever it raises, an import
+    that cannot load included, is reported as out["import_error"]. Prints `out` as JSON."""
+    return ("import json, sys\nout = {}\ntry:\n" + body
+            + "except BaseException as exc:\n    out[\"import_error\"] = f\"{type(exc).__name__}: {exc}\"\n"
+            + "print(json.dumps(out))\n")
+
+
 def probe(python: str, script: str, *roots: Path) -> dict:
     """Run `script` with `roots` first on the path, offline, outside any activated venv."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, roots)), HF_HUB_OFFLINE="1",

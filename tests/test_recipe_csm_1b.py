@@ -43,17 +43,11 @@ EXPECTED_CHANGE = [
     "+        torchaudio = None",
 ]
 
-PROBE = r'''
-import json, sys
-out = {}
-try:
+PROBE = support.import_probe('''\
     from transformers import CsmForConditionalGeneration, MimiModel  # noqa: F401
     import transformers.audio_utils as au
     out["audio_utils_torchaudio"] = repr(au.torchaudio)
-except BaseException as exc:
-    out["import_error"] = f"{type(exc).__name__}: {exc}"
-print(json.dumps(out))
-'''
+''')
 
 
 def test_recipe_is_complete():

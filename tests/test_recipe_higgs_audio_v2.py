@@ -38,17 +38,11 @@ MODEL = "boson_multimodal/model/higgs_audio/modeling_higgs_audio.py"
 UTILS = "boson_multimodal/model/higgs_audio/utils.py"
 SERVE = "boson_multimodal/serve/serve_engine.py"
 
-PROBE = r'''
-import json, sys
-out = {}
-try:
+PROBE = support.import_probe('''\
     from boson_multimodal.model.higgs_audio import HiggsAudioModel  # noqa: F401
     from boson_multimodal.model.higgs_audio import utils
     out["deepspeed_groups"] = repr(utils.deepspeed_groups)
-except BaseException as exc:
-    out["import_error"] = f"{type(exc).__name__}: {exc}"
-print(json.dumps(out))
-'''
+''')
 
 
 def test_recipe_is_complete():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import enum
+import functools
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ClassVar, Iterable, Iterator
@@ -214,11 +215,6 @@ class Rewriter(m.MatcherDecoratableTransformer):
     # most of a run's time (transformers: ~650 files pass the attention and compile pre-filters).
     METADATA_DEPENDENCIES = ()
 
-    @classmethod
-    def get_inherited_dependencies(cls):  # type: ignore[override]
-        """Exactly the nearest METADATA_DEPENDENCIES, not the union over the class hierarchy."""
-        return frozenset(cls.METADATA_DEPENDENCIES)
-
     def __init__(self, transform: Transform, ctx: Context) -> None:
         super().__init__()
         self.transform = transform
@@ -231,7 +227,6 @@ class Rewriter(m.MatcherDecoratableTransformer):
         self._stack: list[cst.CSTNode] = []
         self._parents: dict[cst.CSTNode, cst.CSTNode] = {}
         self._resolved: dict[type, Any] = {}
-        self._bindings: dict[str, set[str]] | None = None
         self.wrapper: MetadataWrapper | None = None
         self.source: str | None = None  # the module's code (PythonTransform sets it)
 
@@ -359,7 +354,7 @@ class Rewriter(m.MatcherDecoratableTransformer):
         With `within` ("torch.cuda."), only the names under it. Names are resolved by libcst's
         scope analysis, the expensive part, only when `may_import` lets the node through.
         """
-        if not self.may_import(node, *filter(None, [within])):
+        if not self.may_import(node, *((within,) if within else ())):
             return set()
         names: Iterable[QualifiedName] = self.meta(QualifiedNameProvider, node, ())
         return {q.name for q in names if q.source is QualifiedNameSource.IMPORT and q.name.startswith(within)}
@@ -377,39 +372,12 @@ class Rewriter(m.MatcherDecoratableTransformer):
         `tc.sync` -> torch.cuda.sync).
         """
         dotted = get_full_name_for_node(node)
-        bindings = self._import_bindings()
+        bindings = None if self.source is None else import_bindings(self.source)
         if dotted is None or bindings is None:
             return True
         root, _, rest = dotted.partition(".")
         spelled = {f"{full}.{rest}" if rest else full for full in bindings.get(root, ())}
         return bool(spelled) and (not prefixes or any(s.startswith(prefixes) for s in spelled))
-
-    def _import_bindings(self) -> dict[str, set[str]] | None:
-        """Every name an import statement anywhere in the module binds -> what it imports (read with
-        `ast`, which is fast); None when the code is not at hand or `ast` cannot read it."""
-        if self._bindings is None and self.source is not None:
-            try:
-                tree = ast.parse(self.source)
-            except (SyntaxError, ValueError):  # newer syntax than this interpreter: no filter
-                self.source = None
-                return None
-            bindings: dict[str, set[str]] = {}
-            for n in ast.walk(tree):
-                if isinstance(n, ast.Import):
-                    for a in n.names:
-                        if a.asname:  # import torch.cuda as tc
-                            bindings.setdefault(a.asname, set()).add(a.name)
-                        else:  # import torch.cuda binds torch
-                            root = a.name.split(".")[0]
-                            bindings.setdefault(root, set()).add(root)
-                elif isinstance(n, ast.ImportFrom):
-                    base = "." * n.level + (n.module or "")
-                    for a in n.names:
-                        if a.name != "*":
-                            full = f"{base}.{a.name}" if n.module else f"{base}{a.name}"
-                            bindings.setdefault(a.asname or a.name, set()).add(full)
-            self._bindings = bindings
-        return self._bindings
 
     def code(self, node: cst.CSTNode) -> str:
         assert self.module is not None
@@ -478,6 +446,32 @@ class Rewriter(m.MatcherDecoratableTransformer):
                 step=self.ctx.step,
             )
         )
+
+
+@functools.lru_cache(maxsize=8)  # the steps over one file share it
+def import_bindings(source: str) -> dict[str, frozenset[str]] | None:
+    """Every name an import statement anywhere in `source` binds -> what it imports (read with
+    `ast`, which is fast); None when `ast` cannot read the code (newer syntax than this Python)."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+    bindings: dict[str, set[str]] = {}
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Import):
+            for a in n.names:
+                if a.asname:  # import torch.cuda as tc
+                    bindings.setdefault(a.asname, set()).add(a.name)
+                else:  # import torch.cuda binds torch
+                    root = a.name.split(".")[0]
+                    bindings.setdefault(root, set()).add(root)
+        elif isinstance(n, ast.ImportFrom):
+            base = "." * n.level + (n.module or "")
+            for a in n.names:
+                if a.name != "*":
+                    full = f"{base}.{a.name}" if n.module else f"{base}{a.name}"
+                    bindings.setdefault(a.asname or a.name, set()).add(full)
+    return {k: frozenset(v) for k, v in bindings.items()}
 
 
 def walk(node: cst.CSTNode, prune: Callable[[cst.CSTNode], bool] | None = None) -> Iterator[cst.CSTNode]:

@@ -43,7 +43,8 @@ SDPA_KERNEL = "torch.nn.attention.sdpa_kernel"
 SDP_KERNEL_PARAMS = ("enable_flash", "enable_math", "enable_mem_efficient", "enable_cudnn")
 _IMPORT_CATCHERS = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
 _CUDA = re.compile(r"^cuda(:\d+)?$")
-_RETURNS_IMPLEMENTATION = re.compile(r"attn_?impl|attention_?impl", re.I)
+# Functions whose return value is an attention implementation (the residual scan looks there too).
+RETURNS_IMPLEMENTATION = re.compile(r"attn_?impl|attention_?impl", re.I)
 _JSON_FLASH = re.compile(r'"(\w*(?:attn|attention)_implementation)"\s*:\s*"(flash_attention_\d)"')
 
 R_VALUE = (
@@ -152,7 +153,7 @@ class _Fallback(Rewriter):
             self._sink(n.value)
         elif isinstance(n, cst.Return) and n.value is not None:
             func = next((a for a in self.ancestors(n) if isinstance(a, cst.FunctionDef)), None)
-            if func is not None and _RETURNS_IMPLEMENTATION.search(func.name.value):
+            if func is not None and RETURNS_IMPLEMENTATION.search(func.name.value):
                 self._sink(n.value)
         elif isinstance(n, cst.IfExp):
             if any(_string(b) in KNOWN_IMPLEMENTATIONS | self.flash for b in (n.body, n.orelse)):
