@@ -190,12 +190,16 @@ _add_optional_commands()
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; the exit code it documents (README: Exit codes), never a traceback for
+    bad input. Every way a command can end lands here: `raise SystemExit(n)`, click's
+    `ctx.exit(n)` (returned, not raised, under standalone_mode=False), a click usage error, a
+    PorterError, Ctrl-C, and a bug (exit 3)."""
     try:
-        cli.main(args=argv, prog_name="porter", standalone_mode=False)
+        rv = cli.main(args=argv, prog_name="porter", standalone_mode=False)
     except SystemExit as exc:
-        return int(exc.code or 0)
-    except click.exceptions.Abort:
-        err.print("aborted")
+        return _exit_code(exc.code)
+    except click.exceptions.Abort:  # click's name for Ctrl-C (and EOF at a prompt)
+        err.print("interrupted")
         return 130
     except click.ClickException as exc:
         exc.show()
@@ -211,7 +215,19 @@ def main(argv: list[str] | None = None) -> int:
         err.print("porter: internal error (please report it with the traceback below)")
         traceback.print_exc()
         return 3
-    return 0
+    # ctx.exit(n) comes back as the value n; a command that returns normally gives None
+    return _exit_code(rv) if isinstance(rv, int) else 0
+
+
+def _exit_code(code: object) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int) and not isinstance(code, bool):
+        return code
+    if isinstance(code, bool):
+        return int(code)
+    err.print(str(code), markup=False)  # sys.exit("message"): Python's own convention
+    return 1
 
 
 if __name__ == "__main__":
