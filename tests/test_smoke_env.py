@@ -40,13 +40,13 @@ def test_key_is_the_requirement_set():
 
 
 def test_venv_is_built_once_then_reused(cache, offline):
-    # `six` is on the host: pip finds it through --system-site-packages, nothing is downloaded
-    first = ensure_env(["six"])
+    # `click` is on the host (porter needs it): pip finds it through the host site directories, nothing is downloaded
+    first = ensure_env(["click"])
     assert first.error is None and first.created
     venv = Path(first.venv)
     assert venv.parent == cache / "smoke-envs" and (venv / MARKER).is_file()
     stamp = (venv / MARKER).stat().st_mtime_ns, (venv / "pip-install.log").stat().st_mtime_ns
-    second = ensure_env(["six"])
+    second = ensure_env(["click"])
     assert not second.created and second.venv == first.venv and second.python == first.python
     assert ((venv / MARKER).stat().st_mtime_ns, (venv / "pip-install.log").stat().st_mtime_ns) == stamp
     # the venv reuses the host's torch
@@ -55,7 +55,7 @@ def test_venv_is_built_once_then_reused(cache, offline):
     assert Path(out[0]) == venv and not out[1].startswith(str(venv))
 
     # and run_smoke runs the script in it, reporting the reuse
-    spec = SmokeSpec(script="plain.py", requires=["six"], run=["forward"])
+    spec = SmokeSpec(script="plain.py", requires=["click"], run=["forward"])
     result = run_smoke(spec, recipe_dir=FIXTURES, package_root=FIXTURES / "pkg", device="cpu", out_dir=cache / "out")
     assert result.passed, result.summary()
     assert result.env["created"] is False and Path(result.env["prefix"]) == venv
@@ -63,10 +63,10 @@ def test_venv_is_built_once_then_reused(cache, offline):
 
 
 def test_half_built_venv_is_rebuilt(cache, offline):
-    venv = cache / "smoke-envs" / env_key(["six"])
+    venv = cache / "smoke-envs" / env_key(["click"])
     venv.mkdir(parents=True)
     (venv / "junk").write_text("interrupted install")
-    env = ensure_env(["six"])
+    env = ensure_env(["click"])
     assert env.created and env.error is None and not (venv / "junk").exists()
 
 

@@ -17,6 +17,8 @@ seed, dtype, the requirements of the environment the script runs in, and the pas
         logits: {max_abs_diff_max: 0.001}  # per-output overrides of `thresholds`
       audio: {sample_rate: 24000, duration_min_s: 0.05, duration_max_s: 30}
       ops: {missing_max: 0}              # on npu/npu-sim: no op without an NPU kernel
+      timeout_s: 600                     # the whole subprocess; finite
+      memory_limit_gb: 16                # the subprocess's memory (RLIMIT_DATA)
 
 The schema is validated by the lead's recipe loader (frozen models, unknown keys are errors).
 `SmokeSpec.check_files(recipe_dir)` reports the file-level problems (missing script or weights)
@@ -120,7 +122,12 @@ class SmokeSpec(_Frozen):
     run: tuple[Call, ...] = Field(default=("forward", "generate"))
     inputs: dict[str, Any] = Field(default_factory=dict, description="JSON-able values, given to the script as ctx.inputs")
     weights: str | None = Field(default=None, description="optional local path to real weights, as ctx.weights")
-    timeout_s: float = Field(default=600.0, gt=0.0, description="whole subprocess, build to last write")
+    timeout_s: float = Field(default=600.0, gt=0.0, le=86400.0, allow_inf_nan=False,
+                             description="whole subprocess, build to last write; finite, at most a day")
+    memory_limit_gb: float = Field(
+        default=16.0, gt=0.0, le=4096.0, allow_inf_nan=False,
+        description="memory the smoke process may use (GiB, RLIMIT_DATA); an allocation beyond it fails",
+    )
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables for the subprocess")
     thresholds: Thresholds = Field(
         default_factory=lambda: Thresholds(mean_rel_diff_max=0.01, cosine_min=0.9999),
