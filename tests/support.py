@@ -61,3 +61,38 @@ def probe(python: str, script: str, *roots: Path) -> dict:
                PYTHONDONTWRITEBYTECODE="1")
     env.pop("VIRTUAL_ENV", None)
     return run_json([python, "-c", script], env=env)
+
+
+def installed_porter() -> Path:
+    """The `porter` executable pip installed for this interpreter (the console script users run)."""
+    import sys
+    import sysconfig
+
+    for scripts in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
+        exe = Path(scripts) / ("porter.exe" if os.name == "nt" else "porter")
+        if exe.is_file():
+            return exe
+    raise AssertionError(f"no installed `porter` next to {sys.executable}: run `pip install -e .` first")
+
+
+def host_like_venv(dest: Path, *, without: tuple[str, ...] = ()) -> Path:
+    """A real venv (`python -m venv --without-pip`) whose own site-packages holds, as symbolic
+    links, every entry of this interpreter's site directories, except entries whose lower-cased
+    name contains one of `without` (e.g. "porter": an environment where porter is not installed).
+    The base interpreter's packages are not visible in it. Returns its python."""
+    import sys
+
+    from porter.smoke.env import host_site_dirs
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(dest)], check=True, capture_output=True)
+    python = dest / "bin" / "python"
+    own = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                              check=True, capture_output=True, text=True).stdout.strip())
+    own.mkdir(parents=True, exist_ok=True)
+    for site_dir in host_site_dirs():
+        for entry in sorted(Path(site_dir).iterdir()):
+            name = entry.name.lower()
+            if entry.name == "__pycache__" or any(w in name for w in without) or (own / entry.name).exists():
+                continue
+            (own / entry.name).symlink_to(entry)
+    return python

@@ -106,6 +106,7 @@ class _Run:
             "prefix": sys.prefix,
             "python_version": platform.python_version(),
             "torch": torch.__version__,
+            "torch_file": torch.__file__,
         }
 
         self.phase("import-script")
@@ -177,6 +178,7 @@ class _Run:
                 target = placed if placed is not None else target
                 synchronize(tctx.device)
             timings["place_s"] = time.perf_counter() - t0
+            self._values("target", tctx)  # ctx.note() works in every phase, place included
 
             if "forward" in run:
                 self.phase("forward-target")
