@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from porter.cli import main
+from support import host_like_venv
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -64,23 +65,48 @@ def test_apply_writes_package_diff_and_report(work: Path):
     assert "| tinytts/model.py:" in md and "widen-device-check" in md
 
 
+PROBE = (
+    "import sys, torch, tinytts\n"
+    "torch.manual_seed(0); m = tinytts.TinyModel(); x = torch.randn(2, 8)\n"
+    "y = m(x)  # forward() holds the rewritten `x.is_cuda` test\n"
+    "print(tinytts.pick_attention(torch.device('cpu')), tinytts.voice_clone_batch_size(4, 1.0, torch.device('cpu')),"
+    " y.detach().numpy().tobytes().hex(), 'porter' in sys.modules)\n"
+)
+
+
 def test_patched_behaviour_unchanged_on_cpu(work: Path):
-    """The port changes nothing for CPU users: the same calls give the same answers."""
+    """The port changes nothing for CPU users: the same calls give the same answers, bit for bit."""
     out = work / "out"
     assert run("apply", str(work / "tinytts.yaml"), "--out", str(out), "--no-smoke") == 0
-    probe = (
-        "import torch, tinytts\n"
-        "m = tinytts.TinyModel(); torch.manual_seed(0); x = torch.randn(2, 8)\n"
-        "print(tinytts.pick_attention(torch.device('cpu')), tinytts.voice_clone_batch_size(4, 1.0, torch.device('cpu')),"
-        " m.forward.__name__)\n"
-    )
+    assert "x.device.type in (\"cuda\", \"npu\")" in (out / "tinytts/tinytts/model.py").read_text()
     results = []
     for root in (work / "tinytts", out / "tinytts"):
-        proc = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-c", PROBE], cwd=root, capture_output=True, text=True,
                               env={**os.environ, "PYTHONPATH": str(root)})
         assert proc.returncode == 0, proc.stderr
-        results.append(proc.stdout)
-    assert results[0] == results[1] == "eager 1 forward\n"
+        results.append(proc.stdout.split())
+    assert results[0] == results[1]
+    assert results[0][:2] == ["eager", "1"] and len(results[0][2]) == 2 * 8 * 4 * 2
+
+
+def test_patched_code_never_imports_porter(work: Path):
+    """README: patched code never imports porter. Run it where porter is not installed."""
+    import ast
+
+    out = work / "out"
+    assert run("apply", str(work / "tinytts.yaml"), "--out", str(out), "--no-smoke") == 0
+    for path in (out / "tinytts").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.split(".")[0] == "porter" for n in names), (path, ast.dump(node))
+    python = str(host_like_venv(work / "venv", without=("porter",)))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    assert subprocess.run([python, "-c", "import porter"], env=env, cwd=work, capture_output=True).returncode != 0
+    proc = subprocess.run([python, "-c", PROBE], cwd=out / "tinytts", capture_output=True, text=True,
+                          env={**env, "PYTHONPATH": str(out / "tinytts")})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-1] == "False"  # nothing imported porter
 
 
 def test_rerun_is_byte_identical_and_check_detects_staleness(work: Path, capsys):

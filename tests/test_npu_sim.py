@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from porter.npu.sim import sim_env, sim_site_path
+from support import host_like_venv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -365,12 +366,21 @@ emit({"cuda_available": torch.cuda.is_available(), "device": str(x.device),
 
 
 def test_stand_in_works_in_an_environment_without_porter(tmp_path):
-    env = sim_env({k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    # a real venv holding this interpreter's packages (torch included) except porter
+    python = str(host_like_venv(tmp_path / "venv", without=("porter",)))
+    plain = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    absent = subprocess.run([python, "-c", "import porter"], env=plain, cwd=tmp_path, capture_output=True, text=True)
+    assert absent.returncode != 0 and "No module named 'porter'" in absent.stderr  # the fallback is needed
+    env = sim_env(plain)
     assert env["PYTHONPATH"] == str(sim_site_path())  # porter itself is not on the path
-    code = "import torch, torch_npu, sys; print(torch_npu.__version__, torch.zeros(1, device='npu').device, 'porter' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
+    code = ("import torch, torch_npu, sys; print(torch_npu.__version__, torch.zeros(1, device='npu').device,"
+            " sys.modules['porter'].__file__)")
+    out = subprocess.run([python, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["2.14.0+npusim", "npu:0", "True"]
+    version, device, porter_file = out.stdout.split()
+    assert (version, device) == ("2.14.0+npusim", "npu:0")
+    # porter was loaded from where sim_env() said it is, not found on the path
+    assert Path(porter_file) == Path(env["PORTER_NPU_SIM_PORTER_ROOT"]) / "porter" / "__init__.py"
 
 
 def test_this_pytest_process_keeps_plain_torch():

@@ -24,12 +24,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import support
 import yaml
-from support import run_json
+from support import installed_porter, run_json
 
 from porter.cli import main
 from porter.port import plan
@@ -268,8 +269,13 @@ def _strict_load(upstream: Path, patched_pkg: Path, tmp: Path) -> tuple[list[str
     rules = tmp / "weights.yaml"
     rules.write_text(yaml.safe_dump(load_recipe(RECIPE).recipe.weights.model_dump(mode="json", by_alias=True)))
     ported_dir.mkdir()
-    assert main(["remap", str(up_dir / "model.safetensors"), str(ported_dir / "model.safetensors"),
-                 "--rules", str(rules), "--verify"]) == 0
+    # the installed executable, as a user runs it: its exit status and its verification message
+    proc = subprocess.run([str(installed_porter()), "remap", str(up_dir / "model.safetensors"),
+                           str(ported_dir / "model.safetensors"), "--rules", str(rules), "--verify"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "verified: every tensor's sha256 matches the source" in proc.stderr
+    assert (ported_dir / "model.safetensors").is_file()
     shutil.copy(up_dir / "config.json", ported_dir / "config.json")
     return keys, run_json([python, "-c", LOAD_PORTED, str(patched_pkg), str(ported_dir), str(SMOKE_DIR)],
                           cwd=tmp, timeout=600, env=sim_env())

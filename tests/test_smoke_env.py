@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +96,73 @@ def test_pinned_requirement_from_pypi_is_installed_in_the_venv(cache):
     assert "`toml==0.10.2` (--no-deps)" in result.to_markdown()
     again = run_smoke(spec, recipe_dir=FIXTURES, package_root=FIXTURES / "pkg", device="cpu", out_dir=cache / "b")
     assert again.passed and again.env["created"] is False and again.env["venv"] == result.env["venv"]
+
+
+SMOKE_RECIPE = """
+smoke:
+  script: tinytts_smoke.py
+  requires: ["click"]
+  run: [forward, generate]
+  audio: {sample_rate: 24000, duration_min_s: 0.1, duration_max_s: 1.0}
+"""
+
+
+def test_smoke_from_a_venv_holding_torch_the_base_interpreter_lacks(tmp_path):
+    """The README's set-up: porter and torch in a venv. The smoke environment must take torch
+    (and every other package) from that venv, not from the base interpreter behind it; a site
+    directory that a .pth file adds (conda, Debian's dist-packages) counts too."""
+    import shutil
+
+    from support import host_like_venv
+
+    host = tmp_path / "host"
+    python = host_like_venv(host)
+    extra = tmp_path / "extra" / "dist-packages"
+    extra.mkdir(parents=True)
+    (extra / "porter_probe_extra.py").write_text("WHERE = 'extra'\n")
+    own = next(host.glob("lib/python*/site-packages"))
+    (own / "extra-site.pth").write_text(f"import site; site.addsitedir({str(extra)!r})\n")
+
+    shutil.copytree(FIXTURES.parent / "tinytts", tmp_path / "tinytts")
+    shutil.copy(FIXTURES.parent / "tinytts_smoke.py", tmp_path / "tinytts_smoke.py")
+    (tmp_path / "r.yaml").write_text((FIXTURES.parent / "tinytts.yaml").read_text() + SMOKE_RECIPE)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(PORTER_CACHE=str(tmp_path / "cache"), PIP_NO_INDEX="1", PIP_FIND_LINKS="")
+    proc = subprocess.run([str(python), "-m", "porter", "apply", "r.yaml", "--out", "out", "--device", "npu-sim"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    smoke = json.loads((tmp_path / "out/tinytts/report.json").read_text())["smoke"]
+    assert smoke["passed"] and smoke["env"]["created"]
+    venv = Path(smoke["env"]["venv"])
+    assert venv.parent == tmp_path / "cache" / "smoke-envs"
+    assert Path(smoke["env"]["torch_file"]).is_relative_to(own)  # the host venv's torch, not the base's
+    probe = subprocess.run([str(venv / "bin/python"), "-c",
+                            "import sys, porter_probe_extra; print(porter_probe_extra.WHERE); print('\\n'.join(sys.path))"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr
+    lines = probe.stdout.splitlines()
+    assert lines[0] == "extra"
+    path = lines[1:]
+    mine = next(i for i, p in enumerate(path) if p.startswith(str(venv)))
+    assert mine < path.index(str(own)) < path.index(str(extra))  # the environment's own packages first
+
+
+def test_a_host_without_torch_gets_one_failure_naming_the_fix(tmp_path):
+    from support import host_like_venv, run_json
+
+    python = host_like_venv(tmp_path / "host", without=("torch",))
+    code = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from porter.smoke import SmokeSpec, run_smoke\n"
+        f"r = run_smoke(SmokeSpec(script='plain.py', run=['forward'], outputs={{'head': {{'cosine_min': 0.9}}}}),"
+        f" recipe_dir=Path({str(FIXTURES)!r}), package_root=Path({str(FIXTURES / 'pkg')!r}), device='cpu',"
+        f" out_dir=Path({str(tmp_path / 'out')!r}))\n"
+        "print(json.dumps([[f.check, f.message] for f in r.failures]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    failures = run_json([str(python), "-c", code], env=env, cwd=tmp_path)
+    assert len(failures) == 1, failures  # not also "smoke.outputs names 'head' but forward() produced ..."
+    [[check, message]] = failures
+    assert check == "environment" and "No module named 'torch'" in message
+    assert "which has no torch" in message and "Fix: install the host's torch build" in message
