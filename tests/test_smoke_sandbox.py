@@ -266,3 +266,22 @@ def test_porter_killed_outright_takes_the_smoke_processes_with_it(tmp_path: Path
     proc.kill()  # SIGKILL: no handler runs in porter; the child's watchdog notices
     proc.communicate(timeout=60)
     assert wait_dead(pids, within=10) == []
+
+
+def test_the_readme_smoke_script_example_runs_as_documented(tmp_path: Path):
+    import re
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    example = re.search(r"<!-- smoke-example -->\n```python\n(.*?)```", readme, re.S).group(1)
+    (tmp_path / "example.py").write_text(example)
+    spec = SmokeSpec(script="example.py", run=["forward", "generate"], outputs={"out": {"cosine_min": 0.9999}},
+                     audio={"sample_rate": 24000, "duration_min_s": 0.1})
+    from porter.cli import main
+
+    assert main(["apply", str(FIXTURES / "tinytts.yaml"), "--out", str(tmp_path / "patched"), "--no-smoke"]) == 0
+    result = run_smoke(spec, recipe_dir=tmp_path, package_root=tmp_path / "patched" / "tinytts",
+                       device="npu-sim", out_dir=tmp_path / "out")
+    assert result.passed, result.summary()
+    assert {o.name for o in result.outputs} == {"out", "proj"}
+    assert result.values["batch"] == {"reference": 1, "target": 8}
+    assert result.values["built on"] == {"build": "cpu"}
