@@ -1,7 +1,8 @@
 """The `porter` command: thin click commands over the library.
 
 Data (diffs, JSON) goes to stdout; progress and summaries to stderr. Exit codes: 0 success,
-1 the port has a problem (drift, stale patch, failed smoke check), 2 a usage error.
+1 the port has a problem (drift, stale patch, failed smoke check), 2 a usage error, 3 an internal
+error, 130 interrupted (see porter/__main__.py, the installed entry point).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def cli() -> None:
     porter remap SRC DST --rules r.yaml     rename checkpoint keys (safetensors), --verify
     porter npu-kernels 2.14.0               regenerate the NPU kernel list from a torch_npu wheel
 
-    Exit codes: 0 ok, 1 the port has a problem (drift, stale, smoke failed), 2 usage error.
+    Exit codes: 0 ok, 1 the port has a problem (drift, stale, smoke failed), 2 usage error,
+    3 internal error (a bug in porter), 130 interrupted.
     """
 
 
