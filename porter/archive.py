@@ -278,16 +278,20 @@ def _member_problem(name: str) -> str | None:
     return None
 
 
-def unpack(archive: Path, dest: Path) -> list[tuple[str, str]]:
+def unpack(archive: Path, dest: Path, max_members: int = MAX_MEMBERS,
+           max_bytes: int = MAX_UNPACKED) -> list[tuple[str, str]]:
     """Unpack a wheel or sdist into dest; return the members refused, with the reason. Only regular
     files and directories are written (no links, devices or fifos), none outside dest, at most
     MAX_MEMBERS members and MAX_UNPACKED bytes."""
     dest.mkdir(parents=True)
     try:
         if archive.name.endswith((".whl", ".zip")):
-            refused = _unzip(archive, dest)
+            refused = _unzip(archive, dest, (max_members, max_bytes))
         else:
-            refused = _untar(archive, dest)
+            refused = _untar(archive, dest, (max_members, max_bytes))
+    except UsageError:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
     except (OSError, EOFError, zlib.error, zipfile.BadZipFile, tarfile.TarError, ValueError) as exc:
         shutil.rmtree(dest, ignore_errors=True)
         raise UsageError(f"{archive.name}: the archive cannot be unpacked ({type(exc).__name__}: {exc})") from None
@@ -300,22 +304,22 @@ def unpack(archive: Path, dest: Path) -> list[tuple[str, str]]:
     return refused
 
 
-def _limits(count: int, total: int, archive: Path) -> None:
-    if count > MAX_MEMBERS:
-        raise UsageError(f"{archive.name}: more than {MAX_MEMBERS} members; not unpacked")
-    if total > MAX_UNPACKED:
-        raise UsageError(f"{archive.name}: unpacks to more than {MAX_UNPACKED >> 30} GiB; not unpacked")
+def _limits(count: int, total: int, archive: Path, limits: tuple[int, int]) -> None:
+    if count > limits[0]:
+        raise UsageError(f"{archive.name}: more than {limits[0]} members; not unpacked")
+    if total > limits[1]:
+        raise UsageError(f"{archive.name}: unpacks to more than {limits[1]} bytes; not unpacked")
 
 
-def _unzip(archive: Path, dest: Path) -> list[tuple[str, str]]:
+def _unzip(archive: Path, dest: Path, limits: tuple[int, int]) -> list[tuple[str, str]]:
     refused: list[tuple[str, str]] = []
     with zipfile.ZipFile(archive) as z:
         infos = z.infolist()
-        _limits(len(infos), sum(i.file_size for i in infos), archive)
+        _limits(len(infos), sum(i.file_size for i in infos), archive, limits)
         for info in infos:
             mode = info.external_attr >> 16
             why = _member_problem(info.filename.rstrip("/") if info.is_dir() else info.filename)
-            if why is None and mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            if why is None and stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):  # 0: no type recorded
                 why = "archive member is a link or special file"
             if why:
                 refused.append((info.filename, why))
@@ -336,7 +340,7 @@ def _unzip(archive: Path, dest: Path) -> list[tuple[str, str]]:
     return refused
 
 
-def _untar(archive: Path, dest: Path) -> list[tuple[str, str]]:
+def _untar(archive: Path, dest: Path, limits: tuple[int, int]) -> list[tuple[str, str]]:
     refused: list[tuple[str, str]] = []
     with tarfile.open(archive) as t:
         members = []
@@ -344,7 +348,7 @@ def _untar(archive: Path, dest: Path) -> list[tuple[str, str]]:
         for member in t:
             members.append(member)
             total += member.size
-            _limits(len(members), total, archive)
+            _limits(len(members), total, archive, limits)
         keep = []
         for member in members:
             why = _member_problem(member.name)

@@ -71,8 +71,9 @@ def check_glob(value: str, what: str = "a files: glob") -> str:
 
 # -- git URLs: only what `git fetch` cannot turn into a command ---------------------------------
 _GIT_SCHEMES = ("https", "http", "ssh", "git", "file")
-_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|[0-9A-Fa-f]*:[0-9A-Fa-f:.]+")  # name, IPv4, IPv6
 _SCP = re.compile(r"(?:(?P<user>[A-Za-z0-9_][A-Za-z0-9._~+-]*)@)(?P<host>[^/:@]+):(?P<path>[^:].*)", re.S)
+_TRANSPORT = re.compile(r"[A-Za-z0-9+.-]*::")  # git's `<transport>::<address>` (transport_get in transport.c)
 GIT_URL_FORMS = ("https://HOST/PATH, http://, ssh://[USER@]HOST/PATH, git://HOST/PATH, file:///ABS/PATH,"
                  " USER@HOST:PATH, or a local path starting with /, ./ or ../")
 
@@ -85,7 +86,7 @@ def check_git_url(value: str) -> str:
         raise ValueError("the repository address is empty")
     if value.startswith("-"):
         raise ValueError(f"{value!r} starts with '-', which git would read as an option; expected {GIT_URL_FORMS}")
-    if "::" in value:
+    if _TRANSPORT.match(value):
         raise ValueError(f"{value!r} names a git transport with '::' (ext::, fd::, ...), which can run"
                          f" commands; expected {GIT_URL_FORMS}")
     if value.startswith(("/", "./", "../")):
