@@ -9,6 +9,7 @@ paths, no `..`, no links or device files, bounded sizes. Nothing from the archiv
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import html.parser
 import json
@@ -25,7 +26,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.error import HTTPError, URLError
-from urllib.parse import urldefrag, urljoin, urlsplit, urlunsplit
+from urllib.parse import unquote, urldefrag, urljoin, urlsplit, urlunsplit
 from urllib.request import Request, url2pathname, urlopen
 
 from porter.errors import UsageError
@@ -136,6 +137,11 @@ def _open(url: str, cert: str | None, accept: str | None = None):  # noqa: ANN20
     headers = {"User-Agent": "porter (+simple API reader)"}
     if accept:
         headers["Accept"] = accept
+    parts = urlsplit(url)
+    if "@" in parts.netloc:  # https://user:token@host/simple: urllib wants the credentials as a header
+        userinfo, host = parts.netloc.rsplit("@", 1)
+        headers["Authorization"] = "Basic " + base64.b64encode(unquote(userinfo).encode()).decode()
+        url = urlunsplit(parts._replace(netloc=host))
     return urlopen(Request(url, headers=headers), timeout=TIMEOUT_S, context=_ssl_context(cert))
 
 

@@ -169,7 +169,8 @@ def _fetch_pypi(spec: Source) -> FetchedSource:
         spec=spec,
         root=base / "tree",
         provenance={"kind": "pypi", "requirement": spec.pypi, "archive": archive.name, "sha256": digest,
-                    "index": origin.get("index"), "url": origin.get("url"), "pinned": bool(spec.sha256)},
+                    "index": origin.get("index"), "index_from": origin.get("index_from"), "url": origin.get("url"),
+                    "pinned": bool(spec.sha256)},
         dist=_read_wheel_metadata(base / "tree"),
         skipped=[(p, r) for p, r in refused],
     )
