@@ -304,7 +304,9 @@ MODELSCOPE_ENDPOINT = "https://www.modelscope.cn"
 
 def _fetch_modelscope(spec: Source) -> FetchedSource:
     assert spec.modelscope and spec.revision
-    endpoint = os.environ.get("MODELSCOPE_DOMAIN") or MODELSCOPE_ENDPOINT
+    endpoint = os.environ.get("MODELSCOPE_DOMAIN") or MODELSCOPE_ENDPOINT  # modelscope's own variable: a
+    if not endpoint.startswith(("http://", "https://")):                   # bare domain, https assumed
+        endpoint = "https://" + endpoint
     fix = (f"\n  fix: pass --source {spec.id + '=' if spec.id else ''}DIR with a local copy of"
            f" {', '.join(spec.files or ('the repository',))} at revision {spec.revision}"
            " (a ModelScope snapshot directory works as it is)")
@@ -317,8 +319,11 @@ def _fetch_modelscope(spec: Source) -> FetchedSource:
             raise UsageError(f"source modelscope: {spec.modelscope} needs the modelscope package:"
                              f" pip install modelscope{fix}") from None
         try:
+            import inspect
+
+            mirror = {"endpoint": endpoint} if "endpoint" in inspect.signature(snapshot_download).parameters else {}
             snapshot_download(model_id=spec.modelscope, revision=spec.revision, local_dir=str(tree),
-                              allow_patterns=list(spec.files) if spec.files else None)
+                              allow_patterns=list(spec.files) if spec.files else None, **mirror)
         except Exception as exc:  # network, auth, missing revision: all say the same fix
             raise UsageError(
                 f"cannot download {spec.modelscope} at {spec.revision} from ModelScope at {endpoint}"
