@@ -331,14 +331,15 @@ def test_metadata_folder_without_metadata_file(tmp_path):
 requirement = st.one_of(
     st.sampled_from(["numpy", "numpy>=1", "numpy ;", "numpy; ", "numpy ; extra == 'x'", "numpy; extra == \"\"",
                      "torch ; python_version < '3.12' and extra == 'gpu'", "a[b,c]>=1,<2", "x @ https://h/x.whl",
-                     "numpy >=>= 1", ";", "", "numpy; extra != 'x'", "numpy ; os_name == 'nt' or extra == 'y'"]),
+                     "numpy >=>= 1", ";", "", "numpy; extra != 'x'", "numpy ; os_name == 'nt' or extra == 'y'",
+                     "numpy; 'gpu' == extra", "numpy; extra == ''", "numpy; extra=='x'", "numpy; extra == 'x y'"]),
     st.text(max_size=20),
 )
 metadata = st.tuples(
     st.lists(st.sampled_from(["Metadata-Version: 2.1", "Name: pkg", "Version: 1.0", "Name:", "Version: ",
                               "Name: weird name!", "Version: 1.0 beta", "Requires-Python: >=3.8",
                               "Requires-Python: ???", "Summary: s", "Name: pkg\n\tcontinued"]), max_size=6),
-    st.lists(requirement, max_size=4),
+    st.lists(requirement, max_size=4, unique=True),
 ).map(lambda t: "\n".join(t[0] + [f"Requires-Dist: {r}" for r in t[1]]) + "\n")
 
 
@@ -347,6 +348,9 @@ metadata = st.tuples(
 @given(metadata)
 @example("Name: pkg\nVersion: 1.0\nRequires-Dist: numpy ;\n")
 @example("Metadata-Version: 2.1\nSummary: no name or version\n")
+@example('Name: pkg\nVersion: 1.0\nRequires-Dist: numpy; extra == ""\n')
+@example("Name: pkg\nVersion: 1.0\nRequires-Dist: numpy; 'gpu' == extra\n")
+@example("Name: pkg\nVersion: 1.0\nRequires-Dist: numpy; extra == 'a' or extra == 'b'\n")
 def test_any_wheel_metadata_is_exit_0_or_2(tmp_path, metadata):
     tree_with_metadata(tmp_path / "src", metadata)
     code, _ = apply_tree(tmp_path, tmp_path / "src")
