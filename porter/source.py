@@ -132,8 +132,8 @@ def _fetch_pypi(spec: Source) -> FetchedSource:
     name, _, version = spec.pypi.partition("==")
     base = cache_dir() / "pypi" / f"{arch.normalize(name)}-{version}-{spec.archive}"
     origin_file = base / "origin.json"
-    if not (base / "tree").is_dir() or not origin_file.is_file():  # an entry without origin.json predates
-        config = arch.pip_config()                                  # porter's own fetch: fetch again
+    if not _complete_pypi_entry(base):  # missing, cut short, or from before porter fetched by itself
+        config = arch.pip_config()
         fix = (f"\n  fix: check the name and version, try `archive: {'sdist' if spec.archive == 'wheel' else 'wheel'}`,"
                f" or pass --source {spec.id + '=' if spec.id else ''}DIR with an unpacked copy")
         try:
@@ -141,7 +141,7 @@ def _fetch_pypi(spec: Source) -> FetchedSource:
         except LookupError as exc:
             raise UsageError(f"cannot download {spec.pypi} ({spec.archive}): no index lists it"
                              f" (looked in: {exc}){fix}") from None
-        tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=_ensure(cache_dir() / "pypi")))
+        tmp = _fetch_dir("pypi")
         try:
             (tmp / "archive").mkdir()
             archive = tmp / "archive" / PurePosixPath(found.filename).name
@@ -153,9 +153,7 @@ def _fetch_pypi(spec: Source) -> FetchedSource:
             origin = {"index": found.index, "url": arch.redact(found.url), "index_sha256": found.sha256,
                       "index_from": config.origin}
             (tmp / "origin.json").write_text(json.dumps(origin, indent=2))
-            if base.exists():
-                shutil.rmtree(base)
-            tmp.rename(base)
+            _publish(tmp, base, _complete_pypi_entry)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -223,7 +221,7 @@ def _fetch_git(spec: Source, recipe_dir: Path) -> FetchedSource:
     location = _git_location(spec, recipe_dir)
     base = cache_dir() / "git" / hashlib.sha256(f"{location}@{spec.rev}".encode()).hexdigest()[:16]
     if not (base / "tree").is_dir():
-        tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=_ensure(cache_dir() / "git")))
+        tmp = _fetch_dir("git")
         work = tmp / "tree"
         try:
             for cmd in (
@@ -244,9 +242,7 @@ def _fetch_git(spec: Source, recipe_dir: Path) -> FetchedSource:
                         f" {spec.git} at commit {spec.rev}"
                     )
             shutil.rmtree(work / ".git")
-            if base.exists():
-                shutil.rmtree(base)
-            tmp.rename(base)
+            _publish(tmp, base, lambda b: (b / "tree").is_dir())
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -490,6 +486,11 @@ def fetch_tree(sources: tuple[Source, ...], recipe_dir: Path, overrides: dict[st
                 )
             tree.files[dest] = p
         tree.skipped.extend(((prefix / r).as_posix() if spec.into != "." else r, why) for r, why in skipped)
+    folders = {parent for rel in tree.files for parent in PurePosixPath(rel).parents}
+    clash = sorted(str(f) for f in folders if str(f) in tree.files)
+    if clash:
+        raise UsageError(f"the sources give {clash[0]} both as a file and as a folder of other files;"
+                         " give one of the sources a different into:")
     return tree
 
 
@@ -516,5 +517,41 @@ def _drop_porter_output(root: Path, files: dict[str, Path], skipped: list[tuple[
 
 
 def _ensure(p: Path) -> Path:
-    p.mkdir(parents=True, exist_ok=True)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot use the cache directory {p}: {exc.strerror or exc}"
+                         "\n  fix: set PORTER_CACHE to a writable directory") from None
     return p
+
+
+def _fetch_dir(kind: str) -> Path:
+    """A fresh temporary folder beside the cache entries of `kind`, renamed into place when complete."""
+    where = _ensure(cache_dir() / kind)
+    try:
+        return Path(tempfile.mkdtemp(prefix=".fetch-", dir=where))
+    except OSError as exc:
+        raise UsageError(f"cannot write in the cache directory {where}: {exc.strerror or exc}"
+                         "\n  fix: set PORTER_CACHE to a writable directory") from None
+
+
+def _publish(tmp: Path, base: Path, complete: Any) -> None:
+    """Move a finished fetch into place. Another porter may have finished the same fetch first:
+    then its entry is kept and this one dropped (the bytes are checked against the pins either way)."""
+    if base.exists() and not complete(base):
+        shutil.rmtree(base, ignore_errors=True)
+    try:
+        tmp.rename(base)
+    except OSError:
+        if not complete(base):
+            raise
+
+
+def _complete_pypi_entry(base: Path) -> bool:
+    try:
+        archives = list((base / "archive").iterdir())
+        origin = json.loads((base / "origin.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (base / "tree").is_dir() and len(archives) == 1 and archives[0].is_file() and isinstance(origin, dict) \
+        and (base / "refused.txt").is_file()

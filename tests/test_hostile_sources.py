@@ -407,3 +407,53 @@ def test_odd_file_names_are_skipped_and_reported(tmp_path):
     assert any("control character" in r for r in skipped.values()), skipped
     assert any("not UTF-8" in r for r in skipped.values()), skipped
     assert not (tmp_path / "out/m/pkg/new\nline.py").exists()
+
+
+# -- caches and combined trees ----------------------------------------------------------------------
+def test_two_sources_giving_a_file_and_a_folder_of_one_name(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a/x").write_text("x = 1\n")
+    (tmp_path / "b/x").mkdir(parents=True)
+    (tmp_path / "b/x/y.py").write_text("y = 1\n")
+    (tmp_path / "r.yaml").write_text("porter: 1\nname: c\nsource:\n  - {id: a, path: a}\n  - {id: b, path: b}\n"
+                                     "steps: []\n")
+    proc = run_porter("apply", "r.yaml", "--out", "out", "--no-smoke", cwd=tmp_path)
+    assert proc.returncode == 2 and "x both as a file and as a folder" in proc.stderr, proc.stderr
+
+
+def test_cache_that_is_a_file_is_a_usage_error(tmp_path):
+    (tmp_path / "cache").write_text("not a folder\n")
+    repo = tmp_path / "upstream"
+    shutil.copytree(FIXTURES / "tinytts", repo)
+    git("init", "-q", cwd=repo)
+    git("add", ".", cwd=repo)
+    git("commit", "-qm", "v1", cwd=repo)
+    rev = git("rev-parse", "HEAD", cwd=repo)
+    (tmp_path / "r.yaml").write_text(f"porter: 1\nname: g\nsource: {{git: ./upstream, rev: {rev}}}\nsteps: []\n")
+    proc = run_porter("apply", "r.yaml", "--out", "out", "--no-smoke", cwd=tmp_path,
+                      env={"PORTER_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 2 and "PORTER_CACHE" in proc.stderr, proc.stderr
+
+
+def test_a_cut_short_pypi_cache_entry_is_fetched_again(tmp_path):
+    import hashlib
+    import io
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("cutpkg/__init__.py", "x = 1\n")
+        z.writestr("cutpkg-1.0.dist-info/METADATA", "Name: cutpkg\nVersion: 1.0\n")
+    (tmp_path / "idx/files").mkdir(parents=True)
+    (tmp_path / "idx/simple/cutpkg").mkdir(parents=True)
+    (tmp_path / "idx/files/cutpkg-1.0-py3-none-any.whl").write_bytes(buf.getvalue())
+    sha = hashlib.sha256(buf.getvalue()).hexdigest()
+    (tmp_path / "idx/simple/cutpkg/index.html").write_text(
+        f'<a href="../../files/cutpkg-1.0-py3-none-any.whl#sha256={sha}">cutpkg-1.0-py3-none-any.whl</a>')
+    entry = tmp_path / "cache/pypi/cutpkg-1.0-wheel"
+    (entry / "tree").mkdir(parents=True)  # a fetch that stopped before the archive was kept
+    (entry / "archive").mkdir()
+    (tmp_path / "r.yaml").write_text("porter: 1\nname: cut\nsource: {pypi: cutpkg==1.0}\nsteps: []\n")
+    proc = run_porter("apply", "r.yaml", "--out", "out", "--no-smoke", cwd=tmp_path,
+                      env={"PORTER_CACHE": str(tmp_path / "cache"), "PIP_INDEX_URL": (tmp_path / "idx/simple").as_uri()})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "out/cut/report.json").read_text())["sources"][0]["sha256"] == sha
