@@ -24,6 +24,7 @@ from porter.recipe import Source, check_git_url
 
 IGNORED_DIRS = {".git", "__pycache__", ".hg", ".svn", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
 IGNORED_SUFFIXES = (".pyc", ".pyo")
+MAX_METADATA = 16 << 20  # bytes of METADATA / entry_points.txt read
 
 
 def cache_dir() -> Path:
@@ -77,7 +78,8 @@ def _dist_from_metadata(info: Path) -> DistMetadata | None:
     dir_name, _, dir_version = stem.partition("-")
     meta = info / "METADATA"
     try:
-        text = meta.read_bytes().decode("utf-8", errors="replace") if meta.is_file() else ""
+        with open(meta, "rb") if meta.is_file() else open(os.devnull, "rb") as f:
+            text = f.read(MAX_METADATA).decode("utf-8", errors="replace")
     except OSError:
         text = ""
     msg = email.parser.Parser().parsestr(text)
@@ -113,7 +115,8 @@ def _dist_from_metadata(info: Path) -> DistMetadata | None:
             ) from None
     ep = info / "entry_points.txt"
     try:
-        entry_points = ep.read_bytes().decode("utf-8", errors="replace") if ep.is_file() else ""
+        with open(ep, "rb") if ep.is_file() else open(os.devnull, "rb") as f:
+            entry_points = f.read(MAX_METADATA).decode("utf-8", errors="replace")
     except OSError:
         entry_points = ""
     return DistMetadata(name=name, version=version, requires_python=requires_python,

@@ -236,3 +236,32 @@ def test_nan_and_inf_expect_are_usage_errors(tmp_path):
     for v in (".nan", ".inf", "-.inf", "1.5"):
         proc = validate_cli(tmp_path, BASE + f"steps:\n  - use: cuda-api\n    expect: {v}\n")
         assert_usage_error(proc, "steps[0].expect", 6)
+
+
+def _fields() -> tuple[dict[str, list[str]], list[str], list[str]]:
+    from porter.smoke.spec import SmokeSpec
+    from porter.transforms import all_transforms
+    from porter.weights import WeightsSpec
+
+    return ({n: list(c.Params.model_fields) for n, c in all_transforms().items()},
+            list(SmokeSpec.model_fields), list(WeightsSpec.model_fields))
+
+
+PARAMS, SMOKE_FIELDS, WEIGHTS_FIELDS = _fields()
+step_with_params = st.sampled_from(sorted(PARAMS)).flatmap(lambda use: st.fixed_dictionaries(
+    {"use": st.just(use),
+     "with": st.dictionaries(st.sampled_from(PARAMS[use] or ["x"]), values, max_size=3)}))
+section = lambda names: st.dictionaries(st.sampled_from(names), values, max_size=4)  # noqa: E731
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(st.lists(step_with_params, max_size=3), st.one_of(st.none(), section(SMOKE_FIELDS)),
+       st.one_of(st.none(), section(WEIGHTS_FIELDS)))
+def test_every_transform_smoke_and_weights_field_with_any_value(tmp_path, steps, smoke, weights):
+    data = {"porter": 1, "name": "x", "source": {"path": "."}, "steps": steps}
+    if smoke is not None:
+        data["smoke"] = smoke
+    if weights is not None:
+        data["weights"] = weights
+    _loads_or_usage_error(tmp_path, data)
