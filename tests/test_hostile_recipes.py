@@ -220,7 +220,7 @@ def test_any_yaml_text_loads_or_is_a_usage_error(tmp_path, text):
         pass
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.one_of(recipes, st.sampled_from(PATHS).flatmap(lambda p: values.map(lambda v: mutate_valid(v, p)))))
 def test_installed_validate_exits_0_or_2(tmp_path, data):
     try:

@@ -113,7 +113,7 @@ def test_every_accepted_value_is_data_to_git(value):
         "@" in value and ":" in value), value
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.one_of(option_like, with_transport, ssh_option_host))
 def test_installed_validate_refuses_generated_option_values(tmp_path, value):
     value = value.replace("\0", "")
