@@ -197,10 +197,16 @@ _GIT_HARDENING = (
 )
 
 
+_GIT_REPO_VARS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_NAMESPACE",
+                  "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_COMMON_DIR", "GIT_CEILING_DIRECTORIES")
+
+
 def _git_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    """The user's environment (their proxy, ssh and certificate settings are theirs to keep), less the
+    variables that would point git at another repository, with every prompt turned off."""
+    env = {k: v for k, v in os.environ.items() if k not in _GIT_REPO_VARS}
     env.update(GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="/bin/false", SSH_ASKPASS="/bin/false",
-               GIT_LFS_SKIP_SMUDGE="1", GIT_PROTOCOL_FROM_USER="0", GIT_CONFIG_NOSYSTEM="1")
+               GIT_LFS_SKIP_SMUDGE="1", GIT_PROTOCOL_FROM_USER="0")
     return env
 
 
