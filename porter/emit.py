@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -65,7 +66,10 @@ def pyproject_for(loaded: LoadedRecipe, tree: SourceTree) -> str | None:
     for r in requires:
         if r not in plain and ";" in r:
             req, marker = r.split(";", 1)
-            extra = marker.split("extra")[1].split("==")[1].strip().strip("'\"").split()[0].strip("'\"")
+            named = re.search(r"""extra\s*==\s*["']([^"'\s]+)["']|["']([^"'\s]+)["']\s*==\s*extra""", marker)
+            if named is None:  # `extra == ""`: no extra of that name can be asked for, so it is left out
+                continue
+            extra = named[1] or named[2]
             rest = [m for m in marker.split(" and ") if "extra" not in m]
             extras.setdefault(extra, []).append(req.strip() + (f"; {' and '.join(rest).strip()}" if rest else ""))
     tops = sorted({PurePosixPath(p).parts[0] for p in tree.files if len(PurePosixPath(p).parts) > 1

@@ -14,8 +14,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
+from yaml.composer import ComposerError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from porter.errors import UsageError
@@ -25,19 +27,139 @@ FORMAT_VERSION = 1
 _FROZEN = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-def _relative(value: str, what: str) -> str:
-    p = PurePosixPath(value)
-    if p.is_absolute() or ".." in p.parts or "\\" in value:
-        raise ValueError(f"{what} must be a relative path inside the tree, without '..'")
+# Limits on what a recipe may ask for: a recipe is a short reviewed file, so anything past these is
+# a mistake or an attack (README: Trust model).
+MAX_RECIPE_BYTES = 1 << 20  # 1 MiB of YAML
+MAX_YAML_DEPTH = 64  # nested collections
+MAX_ALIAS_NODES = 10_000  # nodes that YAML aliases may add to the document, all together
+MAX_NAME = 100  # a recipe name becomes a directory name (with prefixes and suffixes)
+MAX_COMPONENT = 255  # one path component (NAME_MAX)
+MAX_GLOB = 1000
+MAX_GLOB_STARS = 16  # each `*` is a backtracking point in the compiled pattern
+
+
+def _no_control(value: str, what: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{what} contains a control character")
     return value
 
 
+def _relative(value: str, what: str) -> str:
+    _no_control(value, what)
+    p = PurePosixPath(value)
+    if p.is_absolute() or ".." in p.parts or "\\" in value:
+        raise ValueError(f"{what} must be a relative path inside the tree, without '..'")
+    if any(len(part.encode("utf-8", "surrogatepass")) > MAX_COMPONENT for part in p.parts):
+        raise ValueError(f"{what} has a path component longer than {MAX_COMPONENT} bytes")
+    return value
+
+
+def check_glob(value: str, what: str = "a files: glob") -> str:
+    """A relative glob that compiles: `**`, `*`, `?` and `[...]` character classes."""
+    _relative(value, what)
+    if len(value) > MAX_GLOB or value.count("*") > MAX_GLOB_STARS:
+        raise ValueError(f"{what} {value[:60]!r} is too long (at most {MAX_GLOB} characters, {MAX_GLOB_STARS} '*')")
+    from porter.rewrite import _glob
+
+    try:
+        _glob(value)
+    except re.error as exc:
+        raise ValueError(f"{what} {value!r} is not a valid glob: {exc.msg}"
+                         " (a [...] class needs valid ranges such as [a-z]; write [[] for a literal '[')") from None
+    return value
+
+
+# -- git URLs: only what `git fetch` cannot turn into a command ---------------------------------
+_GIT_SCHEMES = ("https", "http", "ssh", "git", "file")
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|[0-9A-Fa-f]*:[0-9A-Fa-f:.]+")  # name, IPv4, IPv6
+_SCP = re.compile(r"(?:(?P<user>[A-Za-z0-9_][A-Za-z0-9._~+-]*)@)(?P<host>[^/:@]+):(?P<path>[^:].*)", re.S)
+_TRANSPORT = re.compile(r"[A-Za-z0-9+.-]*::")  # git's `<transport>::<address>` (transport_get in transport.c)
+GIT_URL_FORMS = ("https://HOST/PATH, http://, ssh://[USER@]HOST/PATH, git://HOST/PATH, file:///ABS/PATH,"
+                 " USER@HOST:PATH, or a local path starting with /, ./ or ../")
+
+
+def check_git_url(value: str) -> str:
+    """Raise ValueError unless `value` is a repository address git reads as data, never as an option
+    or a transport that runs a command (ext::, fd::, --upload-pack=..., ssh://-oProxyCommand=...)."""
+    _no_control(value, "the repository address")
+    if not value.strip():
+        raise ValueError("the repository address is empty")
+    if value.startswith("-"):
+        raise ValueError(f"{value!r} starts with '-', which git would read as an option; expected {GIT_URL_FORMS}")
+    if _TRANSPORT.match(value):
+        raise ValueError(f"{value!r} names a git transport with '::' (ext::, fd::, ...), which can run"
+                         f" commands; expected {GIT_URL_FORMS}")
+    if value.startswith(("/", "./", "../")):
+        return value
+    scheme, sep, _ = value.partition("://")
+    if sep:
+        if scheme.lower() not in _GIT_SCHEMES:
+            raise ValueError(f"{value!r}: the {scheme}:// scheme is not fetched; expected {GIT_URL_FORMS}")
+        parts = urlsplit(value)
+        if scheme.lower() == "file":
+            if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+                raise ValueError(f"{value!r}: a file:// URL needs an absolute path (file:///abs/path)")
+            return value
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+        except ValueError:
+            raise ValueError(f"{value!r} has a port that is not a number") from None
+        host = parts.hostname or ""
+        user = parts.username or ""
+        if not _HOST.fullmatch(host) or user.startswith("-"):
+            raise ValueError(f"{value!r}: the host must be a host name or address"
+                             " (letters, digits, '.', '-', not starting with '-')")
+        return value
+    m = _SCP.fullmatch(value)
+    if m and _HOST.fullmatch(m["host"]):
+        return value
+    raise ValueError(f"{value!r} is not a repository address; expected {GIT_URL_FORMS}")
+
+
+def check_requirement(value: str, what: str) -> str:
+    """A PEP 508 requirement string (`name[extra]>=1; marker`)."""
+    _no_control(value, what)
+    try:
+        from packaging.requirements import InvalidRequirement, Requirement
+    except ImportError:  # pragma: no cover - packaging comes with pip and every torch install
+        return value
+    try:
+        Requirement(value)
+    except InvalidRequirement as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ValueError(f"{what} {value!r} is not a PEP 508 requirement ({first})") from None
+    return value
+
+
+_REPO_ID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,95})")
+_REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/+-]{0,254}")
+
+
+def check_repo_id(value: str, what: str, owner_required: bool = False) -> str:
+    parts = value.split("/")
+    ok = (1 + owner_required) <= len(parts) <= 2 and all(_REPO_ID.fullmatch(p) for p in parts) and ".." not in value
+    if not ok:
+        form = "OWNER/NAME" if owner_required else "NAME or OWNER/NAME"
+        raise ValueError(f"{what} {value!r} is not a repository id ({form}: letters, digits, '.', '_', '-')")
+    return value
+
+
+def check_revision(value: str, what: str = "revision") -> str:
+    if not _REVISION.fullmatch(value) or ".." in value:
+        raise ValueError(f"{what} {value!r} is not a revision (a commit sha, tag or branch: letters, digits,"
+                         " '.', '_', '/', '+', '-', not starting with '-')")
+    return value
+
+
+SOURCE_KINDS = ("path", "pypi", "git", "hub", "modelscope")
+
+
 class Source(BaseModel):
-    """Where upstream code comes from. Exactly one of path / pypi / git / hub, always pinned."""
+    """Where upstream code comes from. Exactly one of path / pypi / git / hub / modelscope, always pinned."""
 
     model_config = _FROZEN
 
-    id: str | None = Field(None, description="name for `--source ID=DIR`")
+    id: str | None = Field(None, description="name for `--source ID=DIR`", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     into: str = Field(".", description="sub-directory of the patched package it is placed in")
     path: str | None = None
     pypi: str | None = Field(None, description="name==version")
@@ -46,7 +168,8 @@ class Source(BaseModel):
     git: str | None = None
     rev: str | None = Field(None, description="full 40-hex commit sha")
     hub: str | None = Field(None, description="Hugging Face repo id")
-    revision: str | None = None
+    modelscope: str | None = Field(None, description="ModelScope repo id (OWNER/NAME)")
+    revision: str | None = Field(None, description="hub: and modelscope: commit sha, tag or branch")
     files: tuple[str, ...] | None = Field(
         None, description="globs of the files to take from the source (all when omitted)")
     note: str = ""
@@ -59,8 +182,44 @@ class Source(BaseModel):
     @field_validator("pypi")
     @classmethod
     def _pinned_pypi(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.!+_-]+", v):
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,199})==[A-Za-z0-9.!+_-]{1,100}", v):
             raise ValueError(f"pypi source {v!r} must be pinned as name==version")
+        return v
+
+    @field_validator("git")
+    @classmethod
+    def _git_url(cls, v: str | None) -> str | None:
+        return None if v is None else check_git_url(v)
+
+    @field_validator("hub")
+    @classmethod
+    def _hub_id(cls, v: str | None) -> str | None:
+        return None if v is None else check_repo_id(v, "hub:")
+
+    @field_validator("modelscope")
+    @classmethod
+    def _ms_id(cls, v: str | None) -> str | None:
+        return None if v is None else check_repo_id(v, "modelscope:", owner_required=True)
+
+    @field_validator("revision")
+    @classmethod
+    def _revision(cls, v: str | None) -> str | None:
+        return None if v is None else check_revision(v)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        if v is not None:
+            _no_control(v, "path:")
+            if not v.strip():
+                raise ValueError("path: is empty")
+        return v
+
+    @field_validator("files")
+    @classmethod
+    def _source_globs(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for g in v or ():
+            check_glob(g, "a source files: glob")
         return v
 
     @field_validator("rev")
@@ -79,21 +238,22 @@ class Source(BaseModel):
 
     @model_validator(mode="after")
     def _one_kind(self) -> "Source":
-        kinds = [k for k in ("path", "pypi", "git", "hub") if getattr(self, k) is not None]
+        kinds = [k for k in SOURCE_KINDS if getattr(self, k) is not None]
         if len(kinds) != 1:
             raise ValueError(
-                "a source needs exactly one of path:, pypi:, git:, hub:"
+                "a source needs exactly one of path:, pypi:, git:, hub:, modelscope:"
                 + (f" (found {', '.join(kinds)})" if kinds else "")
             )
         if self.git is not None and self.rev is None:
             raise ValueError("git: sources need rev: with a full commit sha")
-        if self.hub is not None and self.revision is None:
-            raise ValueError("hub: sources need revision: (a commit sha or tag)")
+        for k in ("hub", "modelscope"):
+            if getattr(self, k) is not None and self.revision is None:
+                raise ValueError(f"{k}: sources need revision: (a commit sha or tag)")
         return self
 
     @property
     def kind(self) -> str:
-        return next(k for k in ("path", "pypi", "git", "hub") if getattr(self, k) is not None)
+        return next(k for k in SOURCE_KINDS if getattr(self, k) is not None)
 
     @property
     def label(self) -> str:
@@ -102,6 +262,7 @@ class Source(BaseModel):
             "pypi": self.pypi,
             "git": f"{self.git}@{self.rev}",
             "hub": f"{self.hub}@{self.revision}",
+            "modelscope": f"{self.modelscope}@{self.revision}",
         }[self.kind]
 
 
@@ -119,7 +280,7 @@ class Step(BaseModel):
     @classmethod
     def _globs(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
         for g in v or ():
-            _relative(g, "a files: glob")
+            check_glob(g)
         return v
 
 
@@ -128,10 +289,18 @@ class Package(BaseModel):
 
     model_config = _FROZEN
 
-    name: str | None = None
-    version: str | None = None
-    local_version: str = Field("npu", description="PEP 440 local label added to the version")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$")
+    version: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9.!+_-]{0,99}$")
+    local_version: str = Field("npu", description="PEP 440 local label added to the version",
+                               pattern=r"^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$", max_length=100)
     dependencies: tuple[str, ...] = ()
+
+    @field_validator("dependencies")
+    @classmethod
+    def _requirements(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for r in v:
+            check_requirement(r, "a dependency")
+        return v
 
 
 class Scan(BaseModel):
@@ -146,7 +315,7 @@ class Scan(BaseModel):
     @classmethod
     def _globs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for g in v:
-            _relative(g, "a scan glob")
+            check_glob(g, "a scan glob")
         return v
 
 
@@ -170,7 +339,7 @@ class Recipe(BaseModel):
     model_config = _FROZEN
 
     porter: Literal[1]
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=MAX_NAME)
     description: str = ""
     source: tuple[Source, ...]
     package: Package = Package()
@@ -208,7 +377,67 @@ class LoadedRecipe:
 
 # -- loading ----------------------------------------------------------------------------------
 class _LineLoader(yaml.SafeLoader):
-    """A SafeLoader that remembers the line of every mapping key and sequence item."""
+    """A SafeLoader with limits: collections nested at most MAX_YAML_DEPTH deep, no alias that
+    refers to a node it is inside (a recursive anchor), and at most MAX_ALIAS_NODES nodes added by
+    aliases in all (a few hundred bytes of nested aliases otherwise expand to millions of nodes:
+    "billion laughs"). Each refusal is a ComposerError with the alias's or node's line."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._open_anchors: set[str] = set()
+        self._depth = 0
+        self._sizes: dict[int, int] = {}
+        self._expanded = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor in self._open_anchors:
+                raise ComposerError(None, None, f"alias *{event.anchor} refers to a node it is inside"
+                                    " (a recursive anchor): recipes cannot be recursive", event.start_mark)
+            node = self.anchors.get(event.anchor)
+            if node is not None:
+                self._expanded += self._size(node)
+                if self._expanded > MAX_ALIAS_NODES:
+                    raise ComposerError(None, None, f"alias *{event.anchor}: YAML aliases expand this recipe by"
+                                        f" more than {MAX_ALIAS_NODES} values; write the values out instead",
+                                        event.start_mark)
+            return super().compose_node(parent, index)
+        self._depth += 1
+        if self._depth > MAX_YAML_DEPTH:
+            raise ComposerError(None, None, f"values nested more than {MAX_YAML_DEPTH} levels deep",
+                                event.start_mark)
+        anchor = event.anchor if isinstance(event, yaml.CollectionStartEvent) else None
+        if anchor is not None:
+            self._open_anchors.add(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+            if anchor is not None:
+                self._open_anchors.discard(anchor)
+
+    def _size(self, node: yaml.Node) -> int:
+        """Values in `node` with every alias inside it expanded (memoised per node)."""
+        size = self._sizes.get(id(node))
+        if size is None:
+            if isinstance(node, yaml.MappingNode):
+                size = 1 + sum(self._size(k) + self._size(v) for k, v in node.value)
+            elif isinstance(node, yaml.SequenceNode):
+                size = 1 + sum(self._size(c) for c in node.value)
+            else:
+                size = 1
+            self._sizes[id(node)] = size
+        return size
+
+
+def _parse_yaml(text: str) -> tuple[yaml.Node | None, Any]:
+    loader = _LineLoader(text)
+    try:
+        node = loader.get_single_node()
+        return node, (loader.construct_document(node) if node is not None else None)
+    finally:
+        loader.dispose()
 
 
 def _compose_lines(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> None:
@@ -249,22 +478,28 @@ def load_recipe(path: str | Path) -> LoadedRecipe:
     path = Path(path)
     shown = _shown(path)
     try:
-        raw = path.read_bytes()
+        if path.is_dir():
+            raise UsageError(f"{shown}: is a directory, not a recipe file")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_RECIPE_BYTES + 1)
     except FileNotFoundError:
         raise UsageError(f"{shown}: no such recipe file") from None
     except OSError as exc:
-        raise UsageError(f"{shown}: cannot read the recipe: {exc.strerror}") from None
+        raise UsageError(f"{shown}: cannot read the recipe: {exc.strerror or exc}") from None
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise UsageError(f"{shown}: the recipe is larger than {MAX_RECIPE_BYTES >> 20} MiB; a recipe is a short file")
     try:
         text = raw.decode("utf-8")
-        node = yaml.compose(text, Loader=_LineLoader)
-        data = yaml.load(text, Loader=_LineLoader)
+        node, data = _parse_yaml(text)
     except UnicodeDecodeError:
         raise UsageError(f"{shown}: the recipe is not UTF-8 text") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{shown}:{mark.line + 1}" if mark else shown
         raise UsageError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(data, dict):
+    except (ValueError, OverflowError, TypeError) as exc:  # a tagged scalar the constructor cannot build
+        raise UsageError(f"{shown}: not valid YAML: a value cannot be read ({exc})") from None
+    if not isinstance(data, dict) or node is None:
         raise UsageError(f"{shown}:1: a recipe is a YAML mapping with porter:, name:, source:, steps:")
     lines: dict[tuple[Any, ...], int] = {}
     _compose_lines(node, (), lines)
@@ -287,14 +522,15 @@ def load_recipe(path: str | Path) -> LoadedRecipe:
             loc = _clean_loc(tuple(e["loc"]))
             if isinstance(data.get("source"), dict) and loc[:2] == ("source", 0):
                 loc = ("source",) + loc[2:]  # a single source is written as a mapping
-            msg = e["msg"].removeprefix("Value error, ")
+            msg = e["msg"].removeprefix("Value error, ").replace("a valid tuple", "a list")
             if e["type"] == "extra_forbidden":
                 msg = _unknown_key(loc, data)
             err(loc, msg)
 
     transforms: list[Any] = []
     registry = all_transforms()
-    for i, step in enumerate(data.get("steps") or []):
+    steps = data.get("steps")
+    for i, step in enumerate(steps if isinstance(steps, list) else []):
         if not isinstance(step, dict) or not isinstance(step.get("use"), str):
             continue
         name = step["use"]
