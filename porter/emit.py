@@ -7,12 +7,18 @@ path below that directory; nothing is written anywhere else.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import fcntl
+import hashlib
+import json
 import os
 import shutil
+import signal
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Callable, Iterator
 
 from porter.errors import UsageError
 from porter.recipe import LoadedRecipe
@@ -143,15 +149,162 @@ def build(loaded: LoadedRecipe, tree: SourceTree, result: RewriteResult) -> Emit
     return Emitted(files=files, generated=generated, diff="".join(parts))
 
 
+OLD_MARK = ".old-"
+TMP_MARK = ".tmp-"
+LOCK_SUFFIX = ".lock"
+# A test hook (tests/test_output_safety.py): SIGKILL porter between the two renames of the swap.
+_KILL_MID_SWAP = "_PORTER_TEST_KILL_MID_SWAP"
+
+
+def _links_at_or_below(out: Path, target: Path) -> list[Path]:
+    """The symbolic links among `out` and every path from it down to `target` (and inside it)."""
+    found = [p for p in (out, *reversed(target.parents), target)
+             if (p == out or out in p.parents) and p.is_symlink()]
+    if target.is_dir() and not target.is_symlink():
+        for dirpath, dirnames, filenames in os.walk(target, followlinks=False):
+            for name in dirnames + filenames:
+                if os.path.islink(os.path.join(dirpath, name)):
+                    found.append(Path(dirpath) / name)
+                    break
+            if found:
+                break
+    return found
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+def _is_porter_output(target: Path) -> bool:
+    try:
+        return "porter_version" in json.loads((target / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def check_target(target: Path, out: Path, sources: list[Path], recipe: Path) -> None:
+    """Refuse a target whose writing could reach anything but porter's own output (UsageError, exit 2).
+
+    - no symbolic link at or below the output directory (`out` itself, `out/<name>`, inside it): the
+      swap would replace or delete what the link points at;
+    - the target neither contains nor lies inside a source tree (it is deleted and rebuilt);
+    - the target does not contain the recipe or its directory;
+    - an existing target is a package porter wrote (report.json with porter_version) or empty: a
+      directory of the user's own is never replaced.
+    """
+    out, target = Path(os.path.abspath(out)), Path(os.path.abspath(target))
+    links = _links_at_or_below(out, target)
+    if links:
+        raise UsageError(
+            f"refusing to write {target}: {links[0]} is a symbolic link (to {os.readlink(links[0])});"
+            " porter never writes through links at or below the output directory"
+            "\n  fix: remove the link, or pass --out with a real directory"
+        )
+    real = target.resolve()
+    for src in sources:
+        src = src.resolve()
+        if _overlaps(real, src):
+            how = "is" if real == src else ("contains" if real in src.parents else "is inside")
+            raise UsageError(
+                f"refusing to write {target}: it {how} the source tree {src}, which writing would delete"
+                "\n  fix: pass --out with a directory outside the source (default: patched_models)"
+            )
+    recipe = recipe.resolve()
+    if real == recipe.parent or real in recipe.parents:
+        raise UsageError(
+            f"refusing to write {target}: it contains the recipe {recipe}, which writing would delete"
+            "\n  fix: pass --out with a directory that does not hold the recipe"
+        )
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"refusing to write {target}: it is a file, not a directory porter wrote"
+                         "\n  fix: remove it, or pass another --out")
+    if target.is_dir() and any(target.iterdir()) and not _is_porter_output(target):
+        raise UsageError(
+            f"refusing to write {target}: it is a directory porter did not write (no report.json from"
+            " porter), and writing replaces it whole\n  fix: move it away, or pass another --out"
+        )
+
+
+@contextlib.contextmanager
+def locked(target: Path, wait: Callable[[str], None] = lambda _m: None) -> Iterator[None]:
+    """Serialise every writer of `target`: an flock, released when porter exits or is killed.
+
+    The lock file lives in porter's cache (`locks/<sha256 of the target's real path>.lock`), so the
+    output directory holds nothing but packages.
+    """
+    from porter.source import cache_dir
+
+    target = Path(os.path.abspath(target))
+    key = hashlib.sha256(os.fsencode(os.path.realpath(target))).hexdigest()[:32]
+    try:
+        locks = cache_dir() / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        fd = os.open(locks / f"{key}{LOCK_SUFFIX}",
+                     os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as exc:
+        raise UsageError(f"cannot create porter's lock for {target} in {cache_dir()}: {exc.strerror or exc}"
+                         "\n  fix: set PORTER_CACHE to a writable directory") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            wait(f"waiting for another porter that is writing {target}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def recover(target: Path) -> list[str]:
+    """Finish or undo what a killed writer left beside `target`; call with the lock held.
+
+    A kill between the swap's two renames leaves the previous package in `.<name>.old-*/x` and no
+    target: it is put back. Leftover `.<name>.old-*` (after a finished swap) and `.<name>.tmp-*`
+    (a half-built package) directories are removed. Returns what was done, for the log.
+    """
+    target = Path(os.path.abspath(target))
+    done: list[str] = []
+    if not target.parent.is_dir():
+        return done
+    for p in sorted(target.parent.iterdir()):
+        if p.is_symlink() or not p.is_dir():
+            continue
+        if p.name.startswith(f".{target.name}{OLD_MARK}"):
+            kept = p / "x"
+            if not os.path.lexists(target) and kept.is_dir() and not kept.is_symlink():
+                os.rename(kept, target)
+                done.append(f"restored {target} from an interrupted run ({p.name})")
+            shutil.rmtree(p, ignore_errors=True)
+            done.append(f"removed {p.name} left by an interrupted run")
+        elif p.name.startswith(f".{target.name}{TMP_MARK}"):
+            shutil.rmtree(p, ignore_errors=True)
+            done.append(f"removed {p.name} left by an interrupted run")
+    return done
+
+
+def _unwritable(target: Path, exc: OSError) -> UsageError:
+    where = f" ({exc.filename})" if exc.filename else ""
+    return UsageError(f"cannot write {target}: {exc.strerror or exc}{where}"
+                      "\n  fix: pass --out with a writable directory (short names, not under a file)")
+
+
 def write(target: Path, emitted: Emitted, reports: dict[str, str], keep: tuple[str, ...] = ()) -> None:
     """Write everything into a temp dir beside `target`, then swap it into place.
 
     `keep` names entries of an existing target to carry over unchanged (e.g. smoke results when
-    only the rewrite is redone).
+    only the rewrite is redone). Callers hold `locked(target)` and have run `check_target`; an
+    OSError (read-only directory, a path under a file, a name too long) is a UsageError (exit 2).
     """
-    target = target.resolve()
+    target = Path(os.path.abspath(target))  # not resolve(): never follow a link to the target
+    try:
+        _write(target, emitted, reports, keep)
+    except OSError as exc:
+        raise _unwritable(target, exc) from None
+
+
+def _write(target: Path, emitted: Emitted, reports: dict[str, str], keep: tuple[str, ...]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}{TMP_MARK}", dir=target.parent))
     try:
         for rel, content in sorted(emitted.files.items()):
             dest = tmp / _safe(rel)
@@ -163,15 +316,17 @@ def write(target: Path, emitted: Emitted, reports: dict[str, str], keep: tuple[s
         for rel, text in {**emitted.generated, "port.diff": emitted.diff, **reports}.items():
             dest = tmp / _safe(rel)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_text(text, encoding="utf-8", newline="\n")
+            dest.write_bytes(text.encode("utf-8"))
         for rel in keep:
             old = target / _safe(rel)
-            if old.is_dir() and not (tmp / rel).exists():
+            if old.is_dir() and not old.is_symlink() and not (tmp / rel).exists():
                 shutil.copytree(old, tmp / rel, symlinks=True)
         old_dir = None
-        if target.exists():
-            old_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        if os.path.lexists(target):
+            old_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}{OLD_MARK}", dir=target.parent))
             os.rename(target, old_dir / "x")
+            if os.environ.get(_KILL_MID_SWAP):
+                os.kill(os.getpid(), signal.SIGKILL)
         os.rename(tmp, target)
         if old_dir is not None:
             shutil.rmtree(old_dir, ignore_errors=True)

@@ -157,6 +157,9 @@ def apply(
     progress(f"source: {', '.join(shown(i, s) for i, s in enumerate(loaded.recipe.sources))}")
     build = build_port(loaded, overrides or {}, jobs=jobs)
     outcome = ApplyOutcome(target=target, build=build)
+    roots = [f.root for f in build.tree.sources]
+    if not check:
+        emit.check_target(target, out or DEFAULT_OUT, roots, loaded.path)
     problems = _problems(build)
     if problems:
         outcome.exit_code = 1
@@ -166,19 +169,25 @@ def apply(
         outcome.stale = _stale(target, build)
         outcome.exit_code = 1 if outcome.stale else 0
         return outcome
-    progress(f"writing {target}")
-    emit.write(target, build.emitted, reports(build))
-    if smoke and loaded.recipe.smoke is not None:
-        progress("running smoke inference")
-        outcome.smoke = _run_smoke(loaded, target, device)
-        _rewrite_reports(target, reports(build, outcome.smoke, target.resolve()))
-        if not outcome.smoke.passed:
-            outcome.exit_code = 1
-            failures = [f.message for f in outcome.smoke.failures]
-            error = getattr(outcome.smoke, "error", None)
-            if error is not None and not any(error.message in f for f in failures):
-                failures.append(error.message)
-            outcome.messages.append("smoke test failed: " + ("; ".join(failures) or f"see {target}/report.md"))
+    # One writer per target at a time: the swap, the smoke run inside the package and the report
+    # rewrite after it all happen under the lock; what a killed writer left is recovered first.
+    with emit.locked(target, wait=progress):
+        for line in emit.recover(target):
+            progress(line)
+        emit.check_target(target, out or DEFAULT_OUT, roots, loaded.path)
+        progress(f"writing {target}")
+        emit.write(target, build.emitted, reports(build))
+        if smoke and loaded.recipe.smoke is not None:
+            progress("running smoke inference")
+            outcome.smoke = _run_smoke(loaded, target, device)
+            _rewrite_reports(target, reports(build, outcome.smoke, target.resolve()))
+            if not outcome.smoke.passed:
+                outcome.exit_code = 1
+                failures = [f.message for f in outcome.smoke.failures]
+                error = getattr(outcome.smoke, "error", None)
+                if error is not None and not any(error.message in f for f in failures):
+                    failures.append(error.message)
+                outcome.messages.append("smoke test failed: " + ("; ".join(failures) or f"see {target}/report.md"))
     return outcome
 
 
