@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -46,9 +47,16 @@ def _safe(rel: str) -> str:
     return p.as_posix()
 
 
+def git_lines(text: str) -> list[str]:
+    """Lines as git and patch see them: ended by "\n" only (a "\r", form feed, "\x1c" or "\u2028"
+    is part of its line, unlike `str.splitlines`), each keeping its end."""
+    return re.findall(r"[^\n]*\n|[^\n]+\Z", text)
+
+
 def unified_diff(path: str, before: str, after: str) -> str:
-    a = before.splitlines(keepends=True)
-    b = after.splitlines(keepends=True)
+    """A diff that `git apply` and `patch -p1` turn `before` into `after` with, byte for byte."""
+    a = git_lines(before)
+    b = git_lines(after)
     for lines in (a, b):
         if lines and not lines[-1].endswith("\n"):
             lines[-1] += "\n\\ No newline at end of file\n"

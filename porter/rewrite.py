@@ -116,6 +116,7 @@ def rewrite_file(path: str, data: bytes, steps: tuple[StepPlan, ...]) -> FileRes
     except UnicodeDecodeError as exc:
         return FileResult(path, "skipped", f"not UTF-8 (byte {exc.start}): copied unchanged")
     text = original
+    roundtrip: str | None = None  # libcst's rendering of the unchanged original
     module: cst.Module | None = None
     wrapper: MetadataWrapper | None = None
     stages: list[tuple[str, list[Change]]] = []  # (text the step received, its changes)
@@ -136,6 +137,8 @@ def rewrite_file(path: str, data: bytes, steps: tuple[StepPlan, ...]) -> FileRes
                             return FileResult(path, "skipped", f"does not parse ({where}): copied unchanged")
                         return FileResult(path, "failed", f"step {step.index} produced code that does not"
                                           f" parse ({where}); file copied unchanged")
+                    if text is original:
+                        roundtrip = module.code
                 before = module
                 module, outcome = t.apply_module(module, ctx, wrapper=wrapper, text=text)
                 wrapper = t.last_wrapper if module is before else None
@@ -151,9 +154,15 @@ def rewrite_file(path: str, data: bytes, steps: tuple[StepPlan, ...]) -> FileRes
             text = outcome.text
     if not stages:
         return FileResult(path, "unchanged", findings=tuple(f for _, f in findings))
+    if roundtrip is not None and roundtrip != original:
+        kept = keep_original_bytes(original, roundtrip, text)
+        if kept is None:
+            return FileResult(path, "skipped", "libcst cannot reproduce this file byte for byte (it drops"
+                              " characters such as form feeds on lines porter would change): copied unchanged")
+        text = kept
     # Report lines in the patched file: carry each change and finding through the later steps.
-    final = text.splitlines()
-    texts = [s[0].splitlines() for s in stages] + [final]
+    final = _lines(text)
+    texts = [_lines(s[0]) for s in stages] + [final]
 
     def carry(line: int, k: int) -> int:
         for a, b in zip(texts[k:], texts[k + 1 :]):
@@ -167,6 +176,45 @@ def rewrite_file(path: str, data: bytes, steps: tuple[StepPlan, ...]) -> FileRes
             changes.append(replace(c, line=line, end_line=line + c.after.count("\n")))
     moved = tuple(replace(f, line=carry(f.line, k)) for k, f in findings)
     return FileResult(path, "changed", changes=tuple(changes), findings=moved, text=text)
+
+
+def _lines(text: str) -> list[str]:
+    """Lines as Python and libcst count them (\\r\\n, \\r or \\n; a form feed or \\u2028 is not a line end)."""
+    lines = re.split(r"\r\n|[\r\n]", text)
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
+def _lines_ends(text: str) -> list[str]:
+    return re.findall(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z", text)
+
+
+def keep_original_bytes(original: str, roundtrip: str, final: str) -> str | None:
+    """`final` with the bytes libcst dropped from `original` put back (a UTF-8 BOM, a form feed that
+    starts a line, the last "\\r" of a file with old Mac line ends): lines the rewrite left alone are taken from `original` verbatim, and a rewritten
+    line gets back the characters libcst dropped before it. None when that cannot be done exactly.
+    """
+    o, r, f = _lines_ends(original), _lines_ends(roundtrip), _lines_ends(final)
+    if len(o) != len(r):
+        return None
+    out: list[str] = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, r, f, autojunk=False).get_opcodes():
+        if tag == "equal":
+            out += o[i1:i2]
+            continue
+        new = f[j1:j2]
+        for k in range(i1, i2):
+            if o[k] == r[k]:
+                continue
+            if k - i1 >= len(new):
+                return None
+            if o[k].endswith(r[k]):  # dropped before the line (a BOM, a form feed)
+                new[k - i1] = o[k][: len(o[k]) - len(r[k])] + new[k - i1]
+            elif o[k].startswith(r[k]) and k == len(o) - 1:  # dropped at the end of the file
+                new[k - i1] += o[k][len(r[k]):]
+            else:
+                return None
+        out += new
+    return "".join(out)
 
 
 def _worker(job: tuple[str, str]) -> FileResult:
