@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -13,7 +15,7 @@ from porter import emit
 from porter.errors import PortProblem, UsageError
 from porter.recipe import LoadedRecipe, load_recipe
 from porter.report import build_report, render_markdown
-from porter.rewrite import RewriteResult, StepPlan, rewrite_tree
+from porter.rewrite import MAX_FILE_BYTES, RewriteResult, StepPlan, nesting_problem, rewrite_tree
 from porter.scan import scan_tree
 from porter.source import SourceTree, fetch_tree
 
@@ -93,13 +95,42 @@ def _scan(loaded: LoadedRecipe, tree: SourceTree, result: RewriteResult, steps: 
                     text = tree.files[path].read_bytes().decode("utf-8")
                 except (UnicodeDecodeError, OSError):
                     continue
+                if len(text) > MAX_FILE_BYTES or nesting_problem(text) is not None:
+                    continue  # beyond the rewrite's limits: `ast` would recurse as deep (RecursionError)
             yield path, text
 
-    return scan_tree(
+    return _with_deep_stack(lambda: scan_tree(
         texts(),
         transforms_for=lambda p: {s.transform.name for s in steps if s.wants(p)},
         already={(f.file, f.line) for f in result.findings},
-    )
+    ))
+
+
+def _with_deep_stack(fn: Callable[[], Any]) -> Any:
+    """Run `fn` in a thread with a large stack and recursion limit: `ast` walks deep but legal code
+    (100 nested blocks, chains up to the rewrite's limit) recursively."""
+    box: list[Any] = []
+    limit, size = sys.getrecursionlimit(), threading.stack_size()
+
+    def run() -> None:
+        try:
+            box.append((True, fn()))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box.append((False, exc))
+
+    sys.setrecursionlimit(max(limit, 30_000))
+    try:
+        threading.stack_size(512 * 2**20)
+        t = threading.Thread(target=run)
+        t.start()
+    finally:
+        threading.stack_size(size)
+    t.join()
+    sys.setrecursionlimit(limit)
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
 
 
 def _dump(model: Any) -> Any:
