@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 from porter.errors import UsageError
 from porter.recipe import LoadedRecipe
 from porter.rewrite import RewriteResult
-from porter.source import SourceTree
+from porter.source import DistMetadata, SourceTree
 
 ARTEFACTS = ("port.diff", "report.md", "report.json")
 SMOKE_DIR = "smoke"
@@ -69,7 +69,7 @@ def pyproject_for(loaded: LoadedRecipe, tree: SourceTree) -> str | None:
     if any(p in tree.files for p in PACKAGING):
         return None
     recipe = loaded.recipe
-    dist = next((s.dist for s in tree.sources if s.dist is not None), None)
+    dist = dist_for(tree)
     name = recipe.package.name or (dist.name if dist else recipe.name)
     version = recipe.package.version or (dist.version if dist else "0")
     version = f"{version}+{recipe.package.local_version}" if "+" not in version else version
@@ -117,6 +117,39 @@ def pyproject_for(loaded: LoadedRecipe, tree: SourceTree) -> str | None:
     lines += ["", "[tool.setuptools.packages.find]", 'where = ["."]', f"include = {toml_list([f'{p}*' for p in packages])}"]
     lines += ["", "[tool.setuptools.package-data]", '"*" = ["**/*"]', ""]
     return "\n".join(lines)
+
+
+def earlier_report(root: Path) -> dict | None:
+    """report.json of a package porter wrote earlier, when `root` is one (applying to its own output)."""
+    try:
+        if not (root / "port.diff").is_file():
+            return None
+        data = json.loads((root / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) and "porter_version" in data else None
+
+
+def dist_for(tree: SourceTree) -> DistMetadata | None:
+    """The upstream's packaging metadata: a wheel's METADATA, or, for a package porter wrote earlier
+    (which has no .dist-info), what that run recorded in its report.json under `package`."""
+    dist = next((s.dist for s in tree.sources if s.dist is not None), None)
+    if dist is not None:
+        return dist
+    for s in tree.sources:
+        pkg = (earlier_report(s.root) or {}).get("package")
+        if not isinstance(pkg, dict):
+            continue
+        try:
+            return DistMetadata(
+                name=str(pkg["name"]), version=str(pkg["version"]),
+                requires_python=None if pkg.get("requires_python") is None else str(pkg["requires_python"]),
+                requires=tuple(str(r) for r in pkg.get("requires") or ()),
+                entry_points=str(pkg.get("entry_points") or ""),
+            )
+        except (KeyError, TypeError):
+            continue
+    return None
 
 
 def _console_scripts(entry_points: str) -> list[tuple[str, str]]:

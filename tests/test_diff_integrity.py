@@ -161,3 +161,53 @@ def test_port_diff_reproduces_the_package_through_porter_apply(tmp_path: Path):
                 if q.is_file() and q.name not in ("port.diff", "report.md", "report.json")}
         got = {q.relative_to(pristine).as_posix(): q.read_bytes() for q in pristine.rglob("*") if q.is_file()}
         assert got == want, tool[0]
+
+
+# -- applying a recipe to its own output is a fixpoint --------------------------------------------
+METADATA = """Metadata-Version: 2.1
+Name: tinytts
+Version: 0.1
+Requires-Python: >=3.9
+Requires-Dist: numpy>=1.20
+Requires-Dist: soundfile; extra == "audio"
+"""
+
+
+def package_bytes(root: Path) -> dict[str, bytes]:
+    return {q.relative_to(root).as_posix(): q.read_bytes() for q in root.rglob("*")
+            if q.is_file() and q.name not in ("port.diff", "report.md", "report.json")}
+
+
+def test_applying_a_recipe_to_its_own_output_changes_nothing(tmp_path: Path):
+    """A wheel-shaped source (a .dist-info, no packaging file): the output's generated pyproject.toml
+    comes from the wheel's METADATA, which the output does not carry; applying the same recipe to the
+    output (by --source or by a path: recipe) must give the same package and no drift."""
+    shutil.copytree(FIXTURES / "tinytts", tmp_path / "wheel")
+    info = tmp_path / "wheel/tinytts-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(METADATA)
+    (info / "entry_points.txt").write_text("[console_scripts]\ntinytts-say = tinytts.model:main\n")
+    recipe = (FIXTURES / "tinytts.yaml").read_text().replace("path: tinytts", "path: wheel")
+    recipe = recipe.replace('package:\n  name: tinytts\n  version: "0.1"\n', "")
+    (tmp_path / "r.yaml").write_text(recipe)
+    env = {**os.environ, "PORTER_CACHE": str(tmp_path / "c")}
+
+    def apply(*args: str, recipe: str = "r.yaml") -> None:
+        proc = subprocess.run([PORTER, "apply", str(tmp_path / recipe), "--no-smoke", *args],
+                              capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+
+    apply("--out", str(tmp_path / "o1"))
+    first = package_bytes(tmp_path / "o1/tinytts")
+    pyproject = first["pyproject.toml"].decode()
+    assert 'version = "0.1+npu"' in pyproject and '"numpy>=1.20"' in pyproject and "tinytts-say" in pyproject
+
+    apply("--out", str(tmp_path / "o2"), "--source", str(tmp_path / "o1/tinytts"))
+    assert package_bytes(tmp_path / "o2/tinytts") == first
+    report = json.loads((tmp_path / "o2/tinytts/report.json").read_text())
+    assert report["changes"] == [] and not any(s["drift"] for s in report["steps"])
+    assert [s["matched_earlier"] for s in report["steps"]] == [3, 1]
+
+    (tmp_path / "again.yaml").write_text(recipe.replace("path: wheel", "path: o2/tinytts"))
+    apply("--out", str(tmp_path / "o3"), recipe="again.yaml")  # a third generation, by a path: recipe
+    assert package_bytes(tmp_path / "o3/tinytts") == first
