@@ -114,3 +114,48 @@ def test_any_header_is_valid_or_a_weights_error(tmp_path: Path, header: object, 
     for t in h.tensors:
         t.name.encode("utf-8")
         assert isinstance(t.dtype, str) and all(isinstance(d, int) for d in t.shape)
+
+
+# -- shard indexes and destinations --------------------------------------------------------------
+def valid_file(path: Path) -> Path:
+    return raw(path, json.dumps({"a": entry()}).encode(), b"\0" * 4)
+
+
+INDEXES = {
+    "nested": ("[" * 100_000 + "]" * 100_000, "nests too deeply"),
+    "5000-digit-total-size": ('{"weight_map": {"a": "s.safetensors"}, "metadata": {"total_size": 1'
+                              + "0" * 5000 + "}}", "holds a value no shard index holds"),
+    "nan-total-size": ('{"weight_map": {"a": "s.safetensors"}, "metadata": {"total_size": NaN}}',
+                       "NaN is not a JSON value"),
+    "nul-in-shard-name": (json.dumps({"weight_map": {"a": "s\0.safetensors"}}), "which is not in"),
+    "lone-surrogate-shard": ('{"weight_map": {"a": "\\ud800.safetensors"}}', "which is not in"),
+    "shard-is-a-path": (json.dumps({"weight_map": {"a": "../s.safetensors"}}), "not a plain file name"),
+}
+
+
+def remap(tmp_path: Path, src: Path, dst: str) -> subprocess.CompletedProcess:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules: []\n")
+    return subprocess.run([PORTER, "remap", str(src), dst, "--rules", str(rules)], capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("name", sorted(INDEXES))
+def test_hostile_index_exits_2(tmp_path: Path, name: str):
+    text, message = INDEXES[name]
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    valid_file(ck / "s.safetensors")
+    (ck / "model.safetensors.index.json").write_text(text)
+    proc = remap(tmp_path, ck, str(tmp_path / "out"))
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("dst", ["{tmp}/afile/x.safetensors", "/proc/1/x.safetensors", "{tmp}/" + "x" * 300])
+def test_impossible_destination_exits_2(tmp_path: Path, dst: str):
+    (tmp_path / "afile").write_text("a file\n")
+    proc = remap(tmp_path, valid_file(tmp_path / "in.safetensors"), dst.format(tmp=tmp_path))
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr
