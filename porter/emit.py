@@ -233,6 +233,13 @@ def check_target(target: Path, out: Path, sources: list[Path], recipe: Path) -> 
     - an existing target is a package porter wrote (report.json with porter_version) or empty: a
       directory of the user's own is never replaced.
     """
+    try:
+        _check_target(target, out, sources, recipe)
+    except OSError as exc:  # looking at an impossible path (a name too long, no permission)
+        raise _unwritable(Path(os.path.abspath(target)), exc) from None
+
+
+def _check_target(target: Path, out: Path, sources: list[Path], recipe: Path) -> None:
     out, target = Path(os.path.abspath(out)), Path(os.path.abspath(target))
     links = _links_at_or_below(out, target)
     if links:
@@ -303,6 +310,13 @@ def recover(target: Path) -> list[str]:
     target: it is put back. Leftover `.<name>.old-*` (after a finished swap) and `.<name>.tmp-*`
     (a half-built package) directories are removed. Returns what was done, for the log.
     """
+    try:
+        return _recover(target)
+    except OSError as exc:
+        raise _unwritable(Path(os.path.abspath(target)), exc) from None
+
+
+def _recover(target: Path) -> list[str]:
     target = Path(os.path.abspath(target))
     done: list[str] = []
     if not target.parent.is_dir():
