@@ -60,8 +60,28 @@ def unified_diff(path: str, before: str, after: str) -> str:
     for lines in (a, b):
         if lines and not lines[-1].endswith("\n"):
             lines[-1] += "\n\\ No newline at end of file\n"
-    old = f"a/{path}" if before or not after else "/dev/null"
-    return "".join(difflib.unified_diff(a, b, old, f"b/{path}", n=3))
+    old = _diff_name(f"a/{path}") if before or not after else "/dev/null"
+    return "".join(difflib.unified_diff(a, b, old, _diff_name(f"b/{path}"), n=3))
+
+
+_C_ESCAPES = {"\\": "\\\\", '"': '\\"', "\t": "\\t", "\n": "\\n", "\r": "\\r", "\a": "\\a", "\b": "\\b",
+              "\f": "\\f", "\v": "\\v"}
+
+
+def _diff_name(name: str) -> str:
+    """A file name in a ---/+++ line: as is when plain, else C-quoted the way git writes it (both
+    `git apply` and `patch` read that; a bare space or tab would end the name)."""
+    if all(c.isascii() and c.isprintable() and c not in ' "\\' for c in name):
+        return name
+    out = []
+    for c in name:
+        if c in _C_ESCAPES:
+            out.append(_C_ESCAPES[c])
+        elif c.isascii() and c.isprintable():
+            out.append(c)
+        else:
+            out.extend(f"\\{b:03o}" for b in c.encode("utf-8", "surrogateescape"))
+    return '"' + "".join(out) + '"'
 
 
 def pyproject_for(loaded: LoadedRecipe, tree: SourceTree) -> str | None:

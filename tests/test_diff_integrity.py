@@ -211,3 +211,28 @@ def test_applying_a_recipe_to_its_own_output_changes_nothing(tmp_path: Path):
     (tmp_path / "again.yaml").write_text(recipe.replace("path: wheel", "path: o2/tinytts"))
     apply("--out", str(tmp_path / "o3"), recipe="again.yaml")  # a third generation, by a path: recipe
     assert package_bytes(tmp_path / "o3/tinytts") == first
+
+
+def test_file_names_with_spaces_tabs_quotes_and_non_ascii_apply(tmp_path: Path):
+    """A bare space or tab ends a name in a ---/+++ line: such names are C-quoted as git does."""
+    names = ["my file.py", "tab\tx.py", "\u00e9t\u00e9.py", 'q"uote.py', "back\\slash.py", "new\nline.py"]
+    for n in names:
+        (tmp_path / "src/pkg").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src/pkg" / n).write_text('if d.type == "cuda":\n    pass\n')
+    (tmp_path / "r.yaml").write_text("porter: 1\nname: nm\nsource:\n  path: src\nsteps:\n"
+                                     "  - use: widen-device-check\n")
+    out = tmp_path / "out"
+    proc = subprocess.run([PORTER, "apply", str(tmp_path / "r.yaml"), "--no-smoke", "--out", str(out)],
+                          capture_output=True, text=True, env={**os.environ, "PORTER_CACHE": str(tmp_path / "c")})
+    assert proc.returncode == 0, proc.stderr
+    want = {q.relative_to(out / "nm").as_posix(): q.read_bytes() for q in (out / "nm").rglob("*")
+            if q.is_file() and q.name not in ("port.diff", "report.md", "report.json")}
+    assert len([k for k in want if k.startswith("pkg/")]) == len(names)
+    for tool in (GIT, PATCH):
+        pristine = tmp_path / f"pristine-{tool[0]}"
+        shutil.copytree(tmp_path / "src", pristine)
+        shutil.copy(out / "nm/port.diff", tmp_path / f"{tool[0]}.diff")
+        res = subprocess.run(tool + [str(tmp_path / f"{tool[0]}.diff")], cwd=pristine, capture_output=True, text=True)
+        assert res.returncode == 0, res.stdout + res.stderr
+        got = {q.relative_to(pristine).as_posix(): q.read_bytes() for q in pristine.rglob("*") if q.is_file()}
+        assert got == want, tool[0]
