@@ -354,8 +354,15 @@ class _Pool:
             while pending or self.busy:
                 while pending and len(self.busy) < self.jobs:
                     proc, conn = self.idle.pop() if self.idle else self._spawn()
-                    path, disk = pending.pop()
-                    conn.send((path, disk))
+                    path, disk = pending[-1]
+                    try:
+                        conn.send((path, disk))
+                    except OSError:  # an idle worker that died in between: start another
+                        conn.close()
+                        proc.kill()
+                        proc.join(5)
+                        continue
+                    pending.pop()
                     self.busy[conn] = (proc, path, time.monotonic() + self.timeout)
                 left = min(d for _, _, d in self.busy.values()) - time.monotonic()
                 ready = wait(list(self.busy), timeout=max(left, 0))
