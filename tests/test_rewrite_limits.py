@@ -108,3 +108,52 @@ def test_a_file_past_the_time_limit_is_reported(work: Path):
 ])
 def test_wide_code_is_not_mistaken_for_deep_code(text: str):
     assert nesting_problem(text) is None
+
+
+# -- the class: whatever a source file holds, the rewrite returns a value --------------------------
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+from porter.rewrite import StepPlan, rewrite_file, rewrite_tree  # noqa: E402
+from porter.transforms import all_transforms  # noqa: E402
+
+_T = all_transforms()
+STEPS = tuple(StepPlan(i, _T[n](), ("**/*.py",)) for i, n in
+              enumerate(["widen-device-check", "mem-get-info", "cuda-api", "hardcoded-device"], start=1))
+FRAGMENTS = ["(", ")", "[", "]", "{", "}", "\n", "    ", "\t", "\\\n", '"""', "'", "#", "\x00", "\x0c", "\r",
+             "\r\n", "\ufeff", "\u2028", ":", ",", "+", ".b", "a", "=", "lambda ", "if ", "else ", "not ",
+             'if d.type == "cuda":\n    pass\n', "torch.cuda.mem_get_info()", 'torch.device("cuda")',
+             "x.to('cuda')", "def f(x):\n    return x\n", "class C:\n", "import torch\n", "@", "**", "f'{x}'"]
+texts = st.lists(st.sampled_from(FRAGMENTS), max_size=40).map("".join)
+blobs = st.one_of(texts.map(lambda t: t.encode("utf-8", "surrogatepass")), st.binary(max_size=200),
+                  st.builds(lambda oc, n: ("x = " + oc[0] * n + "1" + oc[1] * n + CUDA).encode(),
+                            st.sampled_from([("(", ")"), ("[", "]"), ("f(", ")"), ("a+", ""), ("not ", ""), ("a.", "")]),
+                            st.integers(0, 1500)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=blobs)
+def test_any_file_gives_a_result_and_never_raises(data: bytes):
+    from porter.port import _with_deep_stack  # where porter rewrites: a worker's deep-stack thread
+
+    res = _with_deep_stack(lambda: rewrite_file("pkg/m.py", data, STEPS))
+    assert res.status in ("changed", "unchanged", "skipped"), res.reason
+    if res.status == "changed":
+        try:
+            compile(data.decode("utf-8"), "m.py", "exec")
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            return
+        compile(res.text, "m.py", "exec")  # code that compiled still compiles
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(files=st.lists(blobs, min_size=1, max_size=12))
+def test_any_tree_gives_a_result_for_every_file_through_the_workers(tmp_path_factory, files: list[bytes]):
+    root = tmp_path_factory.mktemp("tree")
+    tree = {}
+    for i, data in enumerate(files):
+        (root / f"m{i}.py").write_bytes(data)
+        tree[f"pkg/m{i}.py"] = root / f"m{i}.py"
+    result = rewrite_tree(tree, STEPS, jobs=2)
+    assert sorted(f.path for f in result.files) == sorted(tree)
+    assert all(f.status in ("changed", "unchanged", "skipped") for f in result.files), \
+        [(f.path, f.reason) for f in result.files if f.status == "failed"]
