@@ -232,6 +232,18 @@ def _links_at_or_below(out: Path, target: Path) -> list[Path]:
     return found
 
 
+def check_links(target: Path, out: Path) -> None:
+    """`--check` reads the target: refuse links at or below the output directory there too."""
+    out, target = Path(os.path.abspath(out)), Path(os.path.abspath(target))
+    try:
+        links = _links_at_or_below(out, target)
+    except OSError as exc:
+        raise _unwritable(target, exc) from None
+    if links:
+        raise UsageError(f"refusing to read {target}: {links[0]} is a symbolic link; porter never follows links"
+                         " at or below the output directory\n  fix: remove the link")
+
+
 def _overlaps(a: Path, b: Path) -> bool:
     return a == b or a in b.parents or b in a.parents
 
@@ -298,20 +310,23 @@ def locked(target: Path, wait: Callable[[str], None] = lambda _m: None) -> Itera
     """Serialise every writer of `target`: an flock, released when porter exits or is killed.
 
     The lock file lives in porter's cache (`locks/<sha256 of the target's real path>.lock`), so the
-    output directory holds nothing but packages.
+    output directory holds nothing but packages; with a read-only cache, `.<name>.lock` beside it.
     """
     from porter.source import cache_dir
 
     target = Path(os.path.abspath(target))
     key = hashlib.sha256(os.fsencode(os.path.realpath(target))).hexdigest()[:32]
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         locks = cache_dir() / "locks"
         locks.mkdir(parents=True, exist_ok=True)
-        fd = os.open(locks / f"{key}{LOCK_SUFFIX}",
-                     os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644)
-    except OSError as exc:
-        raise UsageError(f"cannot create porter's lock for {target} in {cache_dir()}: {exc.strerror or exc}"
-                         "\n  fix: set PORTER_CACHE to a writable directory") from None
+        fd = os.open(locks / f"{key}{LOCK_SUFFIX}", flags, 0o644)
+    except OSError:  # a read-only cache: lock beside the target instead
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(target.parent / f".{target.name}{LOCK_SUFFIX}", flags, 0o644)
+        except OSError as exc:
+            raise _unwritable(target, exc) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -221,6 +221,7 @@ def apply(
         outcome.messages = problems + [f"nothing was written to {target}"]
         return outcome
     if check:
+        emit.check_links(target, out or DEFAULT_OUT)
         outcome.stale = _stale(target, build)
         outcome.exit_code = 1 if outcome.stale else 0
         return outcome

@@ -98,6 +98,21 @@ def test_symlink_inside_an_existing_target_is_refused(work: Path):
     assert tree_bytes(v) == before
 
 
+def test_check_does_not_read_through_a_symlinked_target(work: Path):
+    out = work / "out"
+    assert apply(work, "--out", str(out / "real")).returncode == 0
+    out.mkdir(exist_ok=True)
+    os.symlink(out / "real/tinytts", out / "tinytts")
+    refused(porter(work, "apply", str(work / "tinytts.yaml"), "--out", str(out), "--check"), "symbolic link")
+
+
+def test_read_only_cache_falls_back_to_a_lock_beside_the_target(work: Path):
+    (work / "cache").write_text("not a directory\n")  # PORTER_CACHE unusable
+    proc = apply(work, "--out", str(work / "out"))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (work / "out").iterdir()) == [".tinytts.lock", "tinytts"]
+
+
 # -- overlap with the source or the recipe ------------------------------------------------------
 def test_out_at_the_source_is_refused(work: Path):
     """--out at the source tree: the target tinytts/tinytts is the source's own package."""
