@@ -94,14 +94,7 @@ def pyproject_for(loaded: LoadedRecipe, tree: SourceTree) -> str | None:
     version = recipe.package.version or (dist.version if dist else "0")
     version = f"{version}+{recipe.package.local_version}" if "+" not in version else version
     requires = list(recipe.package.dependencies) or list(dist.requires if dist else ())
-    plain = [r for r in requires if "extra ==" not in r.replace('"', "'").replace("'", "")]
-    extras: dict[str, list[str]] = {}
-    for r in requires:
-        if r not in plain and ";" in r:
-            req, marker = r.split(";", 1)
-            extra = marker.split("extra")[1].split("==")[1].strip().strip("'\"").split()[0].strip("'\"")
-            rest = [m for m in marker.split(" and ") if "extra" not in m]
-            extras.setdefault(extra, []).append(req.strip() + (f"; {' and '.join(rest).strip()}" if rest else ""))
+    plain, extras = split_requires(requires)
     tops = sorted({PurePosixPath(p).parts[0] for p in tree.files if len(PurePosixPath(p).parts) > 1
                    and PurePosixPath(p).parts[0] != SMOKE_DIR})
     packages = [t for t in tops if f"{t}/__init__.py" in tree.files or any(
@@ -185,7 +178,47 @@ def _console_scripts(entry_points: str) -> list[tuple[str, str]]:
 
 
 def _toml_str(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A TOML basic string: backslash, quote and every control character escaped."""
+    out = []
+    for c in s:
+        if c in '"\\':
+            out.append("\\" + c)
+        elif ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF:
+            out.append(f"\\u{ord(c):04X}" if not 0xD800 <= ord(c) <= 0xDFFF else "\\uFFFD")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
+
+
+_EXTRA = re.compile(r"""\bextra\s*==\s*(['"])(.*?)\1""")
+
+
+def split_requires(requires: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Requires-Dist lines -> ([project] dependencies, optional-dependencies by extra).
+
+    `name; extra == "x" and python_version < "3.10"` goes to extra x as `name; python_version <
+    "3.10"`; `extra == "a" or extra == "b"` puts the bare requirement in both; an empty marker
+    (`name ;`, which pip tolerates) is dropped. Never raises, whatever METADATA holds.
+    """
+    plain: list[str] = []
+    extras: dict[str, list[str]] = {}
+    for raw in requires:
+        req, _, marker = str(raw).partition(";")
+        req, marker = req.strip(), marker.strip()
+        if not req:
+            continue
+        found = [m.group(2).strip() for m in _EXTRA.finditer(marker)]
+        if not found:
+            plain.append(str(raw).strip() if marker else req)  # as upstream wrote it
+            continue
+        if len(found) == 1 and " or " not in marker:
+            rest = [c.strip() for c in re.split(r"\s+and\s+", marker) if not _EXTRA.search(c)]
+            rest = [c.strip("() ") if c.count("(") != c.count(")") else c for c in rest if c.strip("() ")]
+            extras.setdefault(found[0], []).append(req + (f"; {' and '.join(rest)}" if rest else ""))
+            continue
+        for extra in dict.fromkeys(found):
+            extras.setdefault(extra, []).append(req)
+    return plain, extras
 
 
 def build(loaded: LoadedRecipe, tree: SourceTree, result: RewriteResult) -> Emitted:

@@ -237,3 +237,60 @@ def test_file_names_with_spaces_tabs_quotes_and_non_ascii_apply(tmp_path: Path):
         assert res.returncode == 0, res.stdout + res.stderr
         got = {q.relative_to(pristine).as_posix(): q.read_bytes() for q in pristine.rglob("*") if q.is_file()}
         assert {k: got.get(k) for k in want} == want, tool[0]
+
+
+# -- the generated pyproject.toml, whatever the wheel's METADATA holds -----------------------------
+import tomllib  # noqa: E402
+
+from packaging.requirements import InvalidRequirement, Requirement  # noqa: E402
+
+from porter.emit import pyproject_for, split_requires  # noqa: E402
+from porter.recipe import load_recipe  # noqa: E402
+from porter.source import DistMetadata, FetchedSource, SourceTree  # noqa: E402
+
+names = st.from_regex(r"[A-Za-z][A-Za-z0-9._-]{0,8}", fullmatch=True)
+markers = st.sampled_from(["", 'python_version < "3.10"', 'extra == "x"', "extra=='y'",
+                           'python_version >= "3" and extra == "gpu"', 'extra == "a" or extra == "b"',
+                           '(extra == "z")', 'sys_platform == "linux"', "extra == \"x\" and (os_name == 'nt')"])
+requirement_lines = st.one_of(
+    st.builds(lambda n, spec, m, sep: f"{n}{spec}{sep}{m}" if m or sep else f"{n}{spec}",
+              names, st.sampled_from(["", ">=1.0", "==2.*", " (>=1)", "[extra1]>=3"]), markers,
+              st.sampled_from(["; ", ";", " ; ", ""])),
+    st.text(max_size=30),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.text(min_size=1, max_size=12), version=st.text(min_size=1, max_size=10),
+       requires=st.lists(requirement_lines, max_size=6), python=st.one_of(st.none(), st.text(max_size=10)),
+       entry_points=st.text(max_size=60))
+def test_generated_pyproject_is_valid_toml_for_any_metadata(tmp_path: Path, name, version, requires, python,
+                                                             entry_points):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("porter: 1\nname: w\nsource:\n  path: src\nsteps:\n  - use: widen-device-check\n")
+    (tmp_path / "src/pkg").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "src/pkg/__init__.py").write_text("")
+    loaded = load_recipe(recipe)
+    dist = DistMetadata(name=name, version=version, requires_python=python, requires=tuple(requires),
+                        entry_points="[console_scripts]\n" + entry_points)
+    tree = SourceTree(files={"pkg/__init__.py": tmp_path / "src/pkg/__init__.py"},
+                      sources=[FetchedSource(loaded.recipe.sources[0], tmp_path / "src", {}, dist)])
+    doc = tomllib.loads(pyproject_for(loaded, tree))
+    assert doc["project"]["name"] == name
+    plain, extras = split_requires(requires)
+    assert doc["project"]["dependencies"] == plain
+    for line in requires:  # a line pip reads gives requirements pip reads
+        try:
+            Requirement(line)
+        except InvalidRequirement:
+            continue
+        for dep in [*plain, *(d for ds in extras.values() for d in ds)]:
+            if dep.split(";")[0].strip() == line.split(";")[0].strip():
+                Requirement(dep)
+
+
+def test_empty_marker_and_compact_extra_markers():
+    plain, extras = split_requires(["foo ;", 'bar; extra=="x"', 'baz; extra == "a" or extra == "b"',
+                                    'q; python_version < "3.10" and extra == "gpu"', 'n ; os_name == "nt"'])
+    assert plain == ["foo", 'n ; os_name == "nt"']
+    assert extras == {"x": ["bar"], "a": ["baz"], "b": ["baz"], "gpu": ['q; python_version < "3.10"']}
