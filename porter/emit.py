@@ -190,15 +190,16 @@ def _toml_str(s: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-_EXTRA = re.compile(r"""\bextra\s*==\s*(['"])(.*?)\1""")
+_EXTRA = re.compile(r"""\bextra\s*==\s*(['"])(.*?)\1|(['"])(.*?)\3\s*==\s*extra\b""")
 
 
 def split_requires(requires: list[str]) -> tuple[list[str], dict[str, list[str]]]:
     """Requires-Dist lines -> ([project] dependencies, optional-dependencies by extra).
 
-    `name; extra == "x" and python_version < "3.10"` goes to extra x as `name; python_version <
-    "3.10"`; `extra == "a" or extra == "b"` puts the bare requirement in both; an empty marker
-    (`name ;`, which pip tolerates) is dropped. Never raises, whatever METADATA holds.
+    `name; extra == "x" and python_version < "3.10"` (or `"x" == extra`) goes to extra x as `name;
+    python_version < "3.10"`; `extra == "a" or extra == "b"` puts the bare requirement in both; an
+    empty marker (`name ;`, which pip tolerates) is dropped, and so is a requirement only for
+    `extra == ""`. Never raises, whatever METADATA holds.
     """
     plain: list[str] = []
     extras: dict[str, list[str]] = {}
@@ -207,7 +208,10 @@ def split_requires(requires: list[str]) -> tuple[list[str], dict[str, list[str]]
         req, marker = req.strip(), marker.strip()
         if not req:
             continue
-        found = [m.group(2).strip() for m in _EXTRA.finditer(marker)]
+        found = [(m.group(2) if m.group(1) else m.group(4)).strip() for m in _EXTRA.finditer(marker)]
+        if found and not any(found):  # `extra == ""`: no extra of that name can be asked for
+            continue
+        found = [f for f in found if f]
         if not found:
             plain.append(str(raw).strip() if marker else req)  # as upstream wrote it
             continue

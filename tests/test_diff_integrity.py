@@ -291,6 +291,8 @@ def test_generated_pyproject_is_valid_toml_for_any_metadata(tmp_path: Path, name
 
 def test_empty_marker_and_compact_extra_markers():
     plain, extras = split_requires(["foo ;", 'bar; extra=="x"', 'baz; extra == "a" or extra == "b"',
-                                    'q; python_version < "3.10" and extra == "gpu"', 'n ; os_name == "nt"'])
-    assert plain == ["foo", 'n ; os_name == "nt"']
-    assert extras == {"x": ["bar"], "a": ["baz"], "b": ["baz"], "gpu": ['q; python_version < "3.10"']}
+                                    'q; python_version < "3.10" and extra == "gpu"', 'n ; os_name == "nt"',
+                                    "r; 'cpu' == extra", 'never; extra == ""', "s; extra != 'x'"])
+    assert plain == ["foo", 'n ; os_name == "nt"', "s; extra != 'x'"]
+    assert extras == {"x": ["bar"], "a": ["baz"], "b": ["baz"], "gpu": ['q; python_version < "3.10"'],
+                      "cpu": ["r"]}
