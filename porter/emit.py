@@ -7,18 +7,24 @@ path below that directory; nothing is written anywhere else.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import fcntl
+import hashlib
+import json
 import os
 import re
 import shutil
+import signal
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Callable, Iterator
 
 from porter.errors import UsageError
 from porter.recipe import LoadedRecipe
 from porter.rewrite import RewriteResult
-from porter.source import SourceTree
+from porter.source import DistMetadata, SourceTree
 
 ARTEFACTS = ("port.diff", "report.md", "report.json")
 SMOKE_DIR = "smoke"
@@ -41,14 +47,41 @@ def _safe(rel: str) -> str:
     return p.as_posix()
 
 
+def git_lines(text: str) -> list[str]:
+    """Lines as git and patch see them: ended by "\n" only (a "\r", form feed, "\x1c" or "\u2028"
+    is part of its line, unlike `str.splitlines`), each keeping its end."""
+    return re.findall(r"[^\n]*\n|[^\n]+\Z", text)
+
+
 def unified_diff(path: str, before: str, after: str) -> str:
-    a = before.splitlines(keepends=True)
-    b = after.splitlines(keepends=True)
+    """A diff that `git apply` and `patch -p1` turn `before` into `after` with, byte for byte."""
+    a = git_lines(before)
+    b = git_lines(after)
     for lines in (a, b):
         if lines and not lines[-1].endswith("\n"):
             lines[-1] += "\n\\ No newline at end of file\n"
-    old = f"a/{path}" if before or not after else "/dev/null"
-    return "".join(difflib.unified_diff(a, b, old, f"b/{path}", n=3))
+    old = _diff_name(f"a/{path}") if before or not after else "/dev/null"
+    return "".join(difflib.unified_diff(a, b, old, _diff_name(f"b/{path}"), n=3))
+
+
+_C_ESCAPES = {"\\": "\\\\", '"': '\\"', "\t": "\\t", "\n": "\\n", "\r": "\\r", "\a": "\\a", "\b": "\\b",
+              "\f": "\\f", "\v": "\\v"}
+
+
+def _diff_name(name: str) -> str:
+    """A file name in a ---/+++ line: as is when plain, else C-quoted the way git writes it (both
+    `git apply` and `patch` read that; a bare space or tab would end the name)."""
+    if all(c.isascii() and c.isprintable() and c not in ' "\\' for c in name):
+        return name
+    out = []
+    for c in name:
+        if c in _C_ESCAPES:
+            out.append(_C_ESCAPES[c])
+        elif c.isascii() and c.isprintable():
+            out.append(c)
+        else:
+            out.extend(f"\\{b:03o}" for b in c.encode("utf-8", "surrogateescape"))
+    return '"' + "".join(out) + '"'
 
 
 def pyproject_for(loaded: LoadedRecipe, tree: SourceTree) -> str | None:
@@ -56,22 +89,12 @@ def pyproject_for(loaded: LoadedRecipe, tree: SourceTree) -> str | None:
     if any(p in tree.files for p in PACKAGING):
         return None
     recipe = loaded.recipe
-    dist = next((s.dist for s in tree.sources if s.dist is not None), None)
+    dist = dist_for(tree)
     name = recipe.package.name or (dist.name if dist else recipe.name)
     version = recipe.package.version or (dist.version if dist else "0")
     version = f"{version}+{recipe.package.local_version}" if "+" not in version else version
     requires = list(recipe.package.dependencies) or list(dist.requires if dist else ())
-    plain = [r for r in requires if "extra ==" not in r.replace('"', "'").replace("'", "")]
-    extras: dict[str, list[str]] = {}
-    for r in requires:
-        if r not in plain and ";" in r:
-            req, marker = r.split(";", 1)
-            named = re.search(r"""extra\s*==\s*["']([^"'\s]+)["']|["']([^"'\s]+)["']\s*==\s*extra""", marker)
-            if named is None:  # `extra == ""`: no extra of that name can be asked for, so it is left out
-                continue
-            extra = named[1] or named[2]
-            rest = [m for m in marker.split(" and ") if "extra" not in m]
-            extras.setdefault(extra, []).append(req.strip() + (f"; {' and '.join(rest).strip()}" if rest else ""))
+    plain, extras = split_requires(requires)
     tops = sorted({PurePosixPath(p).parts[0] for p in tree.files if len(PurePosixPath(p).parts) > 1
                    and PurePosixPath(p).parts[0] != SMOKE_DIR})
     packages = [t for t in tops if f"{t}/__init__.py" in tree.files or any(
@@ -109,6 +132,39 @@ def pyproject_for(loaded: LoadedRecipe, tree: SourceTree) -> str | None:
     return "\n".join(lines)
 
 
+def earlier_report(root: Path) -> dict | None:
+    """report.json of a package porter wrote earlier, when `root` is one (applying to its own output)."""
+    try:
+        if not (root / "port.diff").is_file():
+            return None
+        data = json.loads((root / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) and "porter_version" in data else None
+
+
+def dist_for(tree: SourceTree) -> DistMetadata | None:
+    """The upstream's packaging metadata: a wheel's METADATA, or, for a package porter wrote earlier
+    (which has no .dist-info), what that run recorded in its report.json under `package`."""
+    dist = next((s.dist for s in tree.sources if s.dist is not None), None)
+    if dist is not None:
+        return dist
+    for s in tree.sources:
+        pkg = (earlier_report(s.root) or {}).get("package")
+        if not isinstance(pkg, dict):
+            continue
+        try:
+            return DistMetadata(
+                name=str(pkg["name"]), version=str(pkg["version"]),
+                requires_python=None if pkg.get("requires_python") is None else str(pkg["requires_python"]),
+                requires=tuple(str(r) for r in pkg.get("requires") or ()),
+                entry_points=str(pkg.get("entry_points") or ""),
+            )
+        except (KeyError, TypeError):
+            continue
+    return None
+
+
 def _console_scripts(entry_points: str) -> list[tuple[str, str]]:
     out, section = [], ""
     for line in entry_points.splitlines():
@@ -122,7 +178,51 @@ def _console_scripts(entry_points: str) -> list[tuple[str, str]]:
 
 
 def _toml_str(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A TOML basic string: backslash, quote and every control character escaped."""
+    out = []
+    for c in s:
+        if c in '"\\':
+            out.append("\\" + c)
+        elif ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF:
+            out.append(f"\\u{ord(c):04X}" if not 0xD800 <= ord(c) <= 0xDFFF else "\\uFFFD")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
+
+
+_EXTRA = re.compile(r"""\bextra\s*==\s*(['"])(.*?)\1|(['"])(.*?)\3\s*==\s*extra\b""")
+
+
+def split_requires(requires: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Requires-Dist lines -> ([project] dependencies, optional-dependencies by extra).
+
+    `name; extra == "x" and python_version < "3.10"` (or `"x" == extra`) goes to extra x as `name;
+    python_version < "3.10"`; `extra == "a" or extra == "b"` puts the bare requirement in both; an
+    empty marker (`name ;`, which pip tolerates) is dropped, and so is a requirement only for
+    `extra == ""`. Never raises, whatever METADATA holds.
+    """
+    plain: list[str] = []
+    extras: dict[str, list[str]] = {}
+    for raw in requires:
+        req, _, marker = str(raw).partition(";")
+        req, marker = req.strip(), marker.strip()
+        if not req:
+            continue
+        found = [(m.group(2) if m.group(1) else m.group(4)).strip() for m in _EXTRA.finditer(marker)]
+        if found and not any(found):  # `extra == ""`: no extra of that name can be asked for
+            continue
+        found = [f for f in found if f]
+        if not found:
+            plain.append(str(raw).strip() if marker else req)  # as upstream wrote it
+            continue
+        if len(found) == 1 and " or " not in marker:
+            rest = [c.strip() for c in re.split(r"\s+and\s+", marker) if not _EXTRA.search(c)]
+            rest = [c.strip("() ") if c.count("(") != c.count(")") else c for c in rest if c.strip("() ")]
+            extras.setdefault(found[0], []).append(req + (f"; {' and '.join(rest)}" if rest else ""))
+            continue
+        for extra in dict.fromkeys(found):
+            extras.setdefault(extra, []).append(req)
+    return plain, extras
 
 
 def build(loaded: LoadedRecipe, tree: SourceTree, result: RewriteResult) -> Emitted:
@@ -147,15 +247,191 @@ def build(loaded: LoadedRecipe, tree: SourceTree, result: RewriteResult) -> Emit
     return Emitted(files=files, generated=generated, diff="".join(parts))
 
 
+OLD_MARK = ".old-"
+TMP_MARK = ".tmp-"
+LOCK_SUFFIX = ".lock"
+# A test hook (tests/test_output_safety.py): SIGKILL porter between the two renames of the swap.
+_KILL_MID_SWAP = "_PORTER_TEST_KILL_MID_SWAP"
+
+
+def _links_at_or_below(out: Path, target: Path) -> list[Path]:
+    """The symbolic links among `out` and every path from it down to `target` (and inside it)."""
+    found = [p for p in (out, *reversed(target.parents), target)
+             if (p == out or out in p.parents) and p.is_symlink()]
+    if target.is_dir() and not target.is_symlink():
+        for dirpath, dirnames, filenames in os.walk(target, followlinks=False):
+            for name in dirnames + filenames:
+                if os.path.islink(os.path.join(dirpath, name)):
+                    found.append(Path(dirpath) / name)
+                    break
+            if found:
+                break
+    return found
+
+
+def check_links(target: Path, out: Path) -> None:
+    """`--check` reads the target: refuse links at or below the output directory there too."""
+    out, target = Path(os.path.abspath(out)), Path(os.path.abspath(target))
+    try:
+        links = _links_at_or_below(out, target)
+    except OSError as exc:
+        raise _unwritable(target, exc) from None
+    if links:
+        raise UsageError(f"refusing to read {target}: {links[0]} is a symbolic link; porter never follows links"
+                         " at or below the output directory\n  fix: remove the link")
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+def _is_porter_output(target: Path) -> bool:
+    try:
+        return "porter_version" in json.loads((target / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def check_target(target: Path, out: Path, sources: list[Path], recipe: Path) -> None:
+    """Refuse a target whose writing could reach anything but porter's own output (UsageError, exit 2).
+
+    - no symbolic link at or below the output directory (`out` itself, `out/<name>`, inside it): the
+      swap would replace or delete what the link points at;
+    - the target neither contains nor lies inside a source tree (it is deleted and rebuilt);
+    - the target does not contain the recipe or its directory;
+    - an existing target is a package porter wrote (report.json with porter_version) or empty: a
+      directory of the user's own is never replaced.
+    """
+    try:
+        _check_target(target, out, sources, recipe)
+    except OSError as exc:  # looking at an impossible path (a name too long, no permission)
+        raise _unwritable(Path(os.path.abspath(target)), exc) from None
+
+
+def _check_target(target: Path, out: Path, sources: list[Path], recipe: Path) -> None:
+    out, target = Path(os.path.abspath(out)), Path(os.path.abspath(target))
+    links = _links_at_or_below(out, target)
+    if links:
+        raise UsageError(
+            f"refusing to write {target}: {links[0]} is a symbolic link (to {os.readlink(links[0])});"
+            " porter never writes through links at or below the output directory"
+            "\n  fix: remove the link, or pass --out with a real directory"
+        )
+    real = target.resolve()
+    for src in sources:
+        src = src.resolve()
+        if _overlaps(real, src):
+            how = "is" if real == src else ("contains" if real in src.parents else "is inside")
+            raise UsageError(
+                f"refusing to write {target}: it {how} the source tree {src}, which writing would delete"
+                "\n  fix: pass --out with a directory outside the source (default: patched_models)"
+            )
+    recipe = recipe.resolve()
+    if real == recipe.parent or real in recipe.parents:
+        raise UsageError(
+            f"refusing to write {target}: it contains the recipe {recipe}, which writing would delete"
+            "\n  fix: pass --out with a directory that does not hold the recipe"
+        )
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"refusing to write {target}: it is a file, not a directory porter wrote"
+                         "\n  fix: remove it, or pass another --out")
+    if target.is_dir() and any(target.iterdir()) and not _is_porter_output(target):
+        raise UsageError(
+            f"refusing to write {target}: it is a directory porter did not write (no report.json from"
+            " porter), and writing replaces it whole\n  fix: move it away, or pass another --out"
+        )
+
+
+@contextlib.contextmanager
+def locked(target: Path, wait: Callable[[str], None] = lambda _m: None) -> Iterator[None]:
+    """Serialise every writer of `target`: an flock, released when porter exits or is killed.
+
+    The lock file lives in porter's cache (`locks/<sha256 of the target's real path>.lock`), so the
+    output directory holds nothing but packages; with a read-only cache, `.<name>.lock` beside it.
+    """
+    from porter.source import cache_dir
+
+    target = Path(os.path.abspath(target))
+    key = hashlib.sha256(os.fsencode(os.path.realpath(target))).hexdigest()[:32]
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        locks = cache_dir() / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        fd = os.open(locks / f"{key}{LOCK_SUFFIX}", flags, 0o644)
+    except OSError:  # a read-only cache: lock beside the target instead
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(target.parent / f".{target.name}{LOCK_SUFFIX}", flags, 0o644)
+        except OSError as exc:
+            raise _unwritable(target, exc) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            wait(f"waiting for another porter that is writing {target}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def recover(target: Path) -> list[str]:
+    """Finish or undo what a killed writer left beside `target`; call with the lock held.
+
+    A kill between the swap's two renames leaves the previous package in `.<name>.old-*/x` and no
+    target: it is put back. Leftover `.<name>.old-*` (after a finished swap) and `.<name>.tmp-*`
+    (a half-built package) directories are removed. Returns what was done, for the log.
+    """
+    try:
+        return _recover(target)
+    except OSError as exc:
+        raise _unwritable(Path(os.path.abspath(target)), exc) from None
+
+
+def _recover(target: Path) -> list[str]:
+    target = Path(os.path.abspath(target))
+    done: list[str] = []
+    if not target.parent.is_dir():
+        return done
+    for p in sorted(target.parent.iterdir()):
+        if p.is_symlink() or not p.is_dir():
+            continue
+        if p.name.startswith(f".{target.name}{OLD_MARK}"):
+            kept = p / "x"
+            if not os.path.lexists(target) and kept.is_dir() and not kept.is_symlink():
+                os.rename(kept, target)
+                done.append(f"restored {target} from an interrupted run ({p.name})")
+            shutil.rmtree(p, ignore_errors=True)
+            done.append(f"removed {p.name} left by an interrupted run")
+        elif p.name.startswith(f".{target.name}{TMP_MARK}"):
+            shutil.rmtree(p, ignore_errors=True)
+            done.append(f"removed {p.name} left by an interrupted run")
+    return done
+
+
+def _unwritable(target: Path, exc: OSError) -> UsageError:
+    where = f" ({exc.filename})" if exc.filename else ""
+    return UsageError(f"cannot write {target}: {exc.strerror or exc}{where}"
+                      "\n  fix: pass --out with a writable directory (short names, not under a file)")
+
+
 def write(target: Path, emitted: Emitted, reports: dict[str, str], keep: tuple[str, ...] = ()) -> None:
     """Write everything into a temp dir beside `target`, then swap it into place.
 
     `keep` names entries of an existing target to carry over unchanged (e.g. smoke results when
-    only the rewrite is redone).
+    only the rewrite is redone). Callers hold `locked(target)` and have run `check_target`; an
+    OSError (read-only directory, a path under a file, a name too long) is a UsageError (exit 2).
     """
-    target = target.resolve()
+    target = Path(os.path.abspath(target))  # not resolve(): never follow a link to the target
+    try:
+        _write(target, emitted, reports, keep)
+    except OSError as exc:
+        raise _unwritable(target, exc) from None
+
+
+def _write(target: Path, emitted: Emitted, reports: dict[str, str], keep: tuple[str, ...]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}{TMP_MARK}", dir=target.parent))
     try:
         for rel, content in sorted(emitted.files.items()):
             dest = tmp / _safe(rel)
@@ -167,15 +443,17 @@ def write(target: Path, emitted: Emitted, reports: dict[str, str], keep: tuple[s
         for rel, text in {**emitted.generated, "port.diff": emitted.diff, **reports}.items():
             dest = tmp / _safe(rel)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_text(text, encoding="utf-8", newline="\n")
+            dest.write_bytes(text.encode("utf-8"))
         for rel in keep:
             old = target / _safe(rel)
-            if old.is_dir() and not (tmp / rel).exists():
+            if old.is_dir() and not old.is_symlink() and not (tmp / rel).exists():
                 shutil.copytree(old, tmp / rel, symlinks=True)
         old_dir = None
-        if target.exists():
-            old_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        if os.path.lexists(target):
+            old_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}{OLD_MARK}", dir=target.parent))
             os.rename(target, old_dir / "x")
+            if os.environ.get(_KILL_MID_SWAP):
+                os.kill(os.getpid(), signal.SIGKILL)
         os.rename(tmp, target)
         if old_dir is not None:
             shutil.rmtree(old_dir, ignore_errors=True)

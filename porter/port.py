@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -13,7 +15,7 @@ from porter import emit
 from porter.errors import PortProblem, UsageError
 from porter.recipe import LoadedRecipe, load_recipe
 from porter.report import build_report, render_markdown
-from porter.rewrite import RewriteResult, StepPlan, rewrite_tree
+from porter.rewrite import MAX_FILE_BYTES, RewriteResult, StepPlan, nesting_problem, rewrite_tree
 from porter.scan import scan_tree
 from porter.source import SourceTree, fetch_tree
 
@@ -71,8 +73,32 @@ def build_port(loaded: LoadedRecipe, overrides: dict[str | None, Path], jobs: in
     extra: dict[str, Any] = {}
     if loaded.recipe.weights is not None:
         extra["weights"] = _dump(loaded.recipe.weights)
+    dist = emit.dist_for(tree)
+    if dist is not None:  # recorded, so applying the recipe to this output regenerates the same packaging
+        extra["package"] = {"name": dist.name, "version": dist.version, "requires_python": dist.requires_python,
+                            "requires": list(dist.requires), "entry_points": dist.entry_points}
     report = build_report(loaded, tree, result, emitted.generated, extra, _scan(loaded, tree, result, steps))
+    _count_earlier_matches(report, tree)
     return PortBuild(loaded, tree, result, emitted, report)
+
+
+def _count_earlier_matches(report: dict[str, Any], tree: SourceTree) -> None:
+    """Applying a recipe to its own output: its steps find nothing left to do, and the matches the
+    earlier run made (recorded in the output's report.json) count towards `expect:`, so a fixpoint
+    is not reported as upstream drift. `expect:` may also give this tree's own count (0)."""
+    earlier: dict[tuple[Any, Any], int] = {}
+    for s in tree.sources:
+        for step in (emit.earlier_report(s.root) or {}).get("steps") or []:
+            if isinstance(step, dict) and isinstance(step.get("matched"), int):
+                key = (step.get("index"), step.get("use"))
+                earlier[key] = earlier.get(key, 0) + step["matched"] + int(step.get("matched_earlier") or 0)
+    for step in report["steps"]:
+        before = earlier.get((step["index"], step["use"]))
+        if before is None:
+            continue
+        step["matched_earlier"] = before
+        if step["expect"] is not None:
+            step["drift"] = step["expect"] not in (step["matched"], step["matched"] + before)
 
 
 def _scan(loaded: LoadedRecipe, tree: SourceTree, result: RewriteResult, steps: tuple[StepPlan, ...]) -> list:
@@ -93,13 +119,42 @@ def _scan(loaded: LoadedRecipe, tree: SourceTree, result: RewriteResult, steps: 
                     text = tree.files[path].read_bytes().decode("utf-8")
                 except (UnicodeDecodeError, OSError):
                     continue
+                if len(text) > MAX_FILE_BYTES or nesting_problem(text) is not None:
+                    continue  # beyond the rewrite's limits: `ast` would recurse as deep (RecursionError)
             yield path, text
 
-    return scan_tree(
+    return _with_deep_stack(lambda: scan_tree(
         texts(),
         transforms_for=lambda p: {s.transform.name for s in steps if s.wants(p)},
         already={(f.file, f.line) for f in result.findings},
-    )
+    ))
+
+
+def _with_deep_stack(fn: Callable[[], Any]) -> Any:
+    """Run `fn` in a thread with a large stack and recursion limit: `ast` walks deep but legal code
+    (100 nested blocks, chains up to the rewrite's limit) recursively."""
+    box: list[Any] = []
+    limit, size = sys.getrecursionlimit(), threading.stack_size()
+
+    def run() -> None:
+        try:
+            box.append((True, fn()))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box.append((False, exc))
+
+    sys.setrecursionlimit(max(limit, 30_000))
+    try:
+        threading.stack_size(512 * 2**20)
+        t = threading.Thread(target=run)
+        t.start()
+    finally:
+        threading.stack_size(size)
+    t.join()
+    sys.setrecursionlimit(limit)
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
 
 
 def _dump(model: Any) -> Any:
@@ -157,28 +212,38 @@ def apply(
     progress(f"source: {', '.join(shown(i, s) for i, s in enumerate(loaded.recipe.sources))}")
     build = build_port(loaded, overrides or {}, jobs=jobs)
     outcome = ApplyOutcome(target=target, build=build)
+    roots = [f.root for f in build.tree.sources]
+    if not check:
+        emit.check_target(target, out or DEFAULT_OUT, roots, loaded.path)
     problems = _problems(build)
     if problems:
         outcome.exit_code = 1
         outcome.messages = problems + [f"nothing was written to {target}"]
         return outcome
     if check:
+        emit.check_links(target, out or DEFAULT_OUT)
         outcome.stale = _stale(target, build)
         outcome.exit_code = 1 if outcome.stale else 0
         return outcome
-    progress(f"writing {target}")
-    emit.write(target, build.emitted, reports(build))
-    if smoke and loaded.recipe.smoke is not None:
-        progress("running smoke inference")
-        outcome.smoke = _run_smoke(loaded, target, device)
-        _rewrite_reports(target, reports(build, outcome.smoke, target.resolve()))
-        if not outcome.smoke.passed:
-            outcome.exit_code = 1
-            failures = [f.message for f in outcome.smoke.failures]
-            error = getattr(outcome.smoke, "error", None)
-            if error is not None and not any(error.message in f for f in failures):
-                failures.append(error.message)
-            outcome.messages.append("smoke test failed: " + ("; ".join(failures) or f"see {target}/report.md"))
+    # One writer per target at a time: the swap, the smoke run inside the package and the report
+    # rewrite after it all happen under the lock; what a killed writer left is recovered first.
+    with emit.locked(target, wait=progress):
+        for line in emit.recover(target):
+            progress(line)
+        emit.check_target(target, out or DEFAULT_OUT, roots, loaded.path)
+        progress(f"writing {target}")
+        emit.write(target, build.emitted, reports(build))
+        if smoke and loaded.recipe.smoke is not None:
+            progress("running smoke inference")
+            outcome.smoke = _run_smoke(loaded, target, device)
+            _rewrite_reports(target, reports(build, outcome.smoke, target.resolve()))
+            if not outcome.smoke.passed:
+                outcome.exit_code = 1
+                failures = [f.message for f in outcome.smoke.failures]
+                error = getattr(outcome.smoke, "error", None)
+                if error is not None and not any(error.message in f for f in failures):
+                    failures.append(error.message)
+                outcome.messages.append("smoke test failed: " + ("; ".join(failures) or f"see {target}/report.md"))
     return outcome
 
 

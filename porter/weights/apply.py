@@ -116,7 +116,10 @@ def remap_checkpoint(
     src, dst = Path(src), Path(dst)
     ckpt = open_checkpoint(src)
     plan = plan_keys(ckpt.sources(), spec.rules, origin=str(src))
-    _check_destination(ckpt, dst, overwrite)
+    try:
+        _check_destination(ckpt, dst, overwrite)
+    except OSError as e:  # a name too long, a path under a file, no permission to look
+        raise WeightsError(f"{dst}: cannot write the output there: {e.strerror or e}") from None
     shards = tuple(name for name, _ in ckpt.shards)
     bytes_out = sum(_nbytes(t) for t in plan.targets)
     if dry_run:

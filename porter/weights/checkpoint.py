@@ -95,13 +95,21 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(path, True, shards, index_name, index, notes)
 
 
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def _read_index(index_path: Path) -> dict[str, Any]:
     try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
+        index = json.loads(index_path.read_text(encoding="utf-8"), parse_constant=_no_constant)
     except json.JSONDecodeError as e:
         raise WeightsError(f"{index_path}: not JSON ({e.msg} at line {e.lineno})") from None
     except (OSError, UnicodeDecodeError) as e:
         raise WeightsError(f"{index_path}: cannot read: {e}") from None
+    except RecursionError:
+        raise WeightsError(f"{index_path}: JSON nests too deeply to be a shard index") from None
+    except ValueError as e:  # NaN/Infinity, integers too long to convert
+        raise WeightsError(f"{index_path}: holds a value no shard index holds: {e}") from None
     if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
         raise WeightsError(f"{index_path}: expected an object with a `weight_map` object")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in index["weight_map"].items()):

@@ -45,7 +45,9 @@ def remap(
         if as_json:
             click.echo(json.dumps({"ok": False, "error": str(e), "exit_code": e.exit_code}, indent=2))
         err.print(f"porter remap: error: {e}", markup=False, style="red")
-        ctx.exit(e.exit_code)
+        # SystemExit, not ctx.exit: `porter.cli.main` runs click with standalone_mode=False, where
+        # click turns ctx.exit(code) into a return value that main() never saw (bad input exited 0).
+        raise SystemExit(e.exit_code)
     if as_json:
         click.echo(json.dumps({"ok": True, **result.to_dict()}, indent=2))
     else:

@@ -97,13 +97,33 @@ class Header:
         return {t.name: t for t in self.tensors}
 
 
+class _Duplicate(ValueError):
+    pass
+
+
 def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
     seen: dict[str, object] = {}
     for key, value in pairs:
         if key in seen:
-            raise ValueError(f"key {key!r} appears twice")
+            raise _Duplicate(f"key {key!r} appears twice")
+        if not _is_unicode(key):
+            raise ValueError(f"key {key.encode('utf-8', 'backslashreplace').decode()!r} holds a lone surrogate"
+                             " escape (not Unicode text)")
         seen[key] = value
     return seen
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _is_unicode(s: str) -> bool:
+    """False for strings with lone surrogates (`\\ud800` escapes): they cannot be written as UTF-8."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def read_header(path: str | os.PathLike[str]) -> Header:
@@ -149,11 +169,15 @@ def read_header(path: str | os.PathLike[str]) -> Header:
     except UnicodeDecodeError as e:
         raise bad(f"header is not UTF-8 (byte {8 + e.start}); not a safetensors file?") from None
     try:
-        obj = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        obj = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
     except json.JSONDecodeError as e:
         raise bad(f"header is not JSON ({e.msg} at header byte {e.pos}); not a safetensors file?") from None
-    except ValueError as e:
+    except _Duplicate as e:
         raise bad(f"header JSON is ambiguous: {e}") from None
+    except RecursionError:
+        raise bad("header JSON nests too deeply to be a safetensors header (tensors are one level deep)") from None
+    except ValueError as e:  # NaN/Infinity, integers too long to convert
+        raise bad(f"header JSON has a value no safetensors header holds: {e}") from None
     if not isinstance(obj, dict):
         raise bad(f"header is JSON {type(obj).__name__}, expected an object of tensors")
 
@@ -164,6 +188,8 @@ def read_header(path: str | os.PathLike[str]) -> Header:
         if name == "__metadata__":
             if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
                 raise bad("__metadata__ must map strings to strings")
+            if not all(_is_unicode(v) for v in info.values()):
+                raise bad("__metadata__ holds a value with a lone surrogate escape (not Unicode text)")
             metadata = tuple(info.items())
             continue
         tensors.append(_entry(name, info, bad))
@@ -204,7 +230,7 @@ def _entry(name: str, info: object, bad) -> TensorEntry:
     if missing:
         raise bad(f"tensor {name!r}: missing {', '.join(missing)}")
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-    if dtype not in DTYPE_BITS:
+    if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
         raise bad(f"tensor {name!r}: unknown dtype {dtype!r} (known: {', '.join(DTYPE_BITS)})")
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
         raise bad(f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
