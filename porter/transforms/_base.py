@@ -22,7 +22,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ClassVar, Iterator
 
 import libcst as cst
-import libcst.matchers as m
 from libcst.helpers import get_full_name_for_node
 from libcst.metadata import (
     MetadataWrapper,
@@ -203,12 +202,18 @@ class PythonTransform(Transform, abstract=True):
         )
 
 
-class Rewriter(m.MatcherDecoratableTransformer):
+class Rewriter(cst.CSTTransformer):
     """libcst transformer with the metadata porter's transforms need and change recording.
 
     Read positions and names from `original_node`, build results from `updated_node`, and call
     `self.record(original_node, result, reason)` for every node whose text you change.
+
+    `visit_<Node>`/`leave_<Node>` methods are found once per class and node type (libcst looks
+    them up by name on every node, and for every field of every node: most of a visit's own cost).
+    Per-field `visit_<Node>_<field>` methods and matcher decorators are not supported.
     """
+
+    _methods: ClassVar[dict[tuple[type, type], tuple[Any, Any]]] = {}
 
     # Nothing is resolved before the visit: `meta()` resolves a provider (qualified names, scopes,
     # parents, positions) for the whole module the first time a rewrite asks for it. Most files a
@@ -242,13 +247,31 @@ class Rewriter(m.MatcherDecoratableTransformer):
         if self._stack:
             self._parents[node] = self._stack[-1]
         self._stack.append(node)
-        return super().on_visit(node)
+        visit = self._handlers(type(node))[0]
+        return visit is None or visit(self, node) is not False
 
     def on_leave(self, original_node: cst.CSTNode, updated_node: cst.CSTNode):  # type: ignore[override]
         if isinstance(original_node, cst.FunctionDef) and original_node.name.value.startswith(HELPER_PREFIX):
             return updated_node
         self._stack.pop()
-        return super().on_leave(original_node, updated_node)
+        leave = self._handlers(type(original_node))[1]
+        return updated_node if leave is None else leave(self, original_node, updated_node)
+
+    def on_visit_attribute(self, node: cst.CSTNode, attribute: str) -> None:
+        return None
+
+    def on_leave_attribute(self, original_node: cst.CSTNode, attribute: str) -> None:
+        return None
+
+    @classmethod
+    def _handlers(cls, kind: type) -> tuple[Any, Any]:
+        """This class's (visit_<kind>, leave_<kind>) functions, None where it has none."""
+        key = (cls, kind)
+        found = Rewriter._methods.get(key)
+        if found is None:
+            found = Rewriter._methods[key] = (getattr(cls, f"visit_{kind.__name__}", None),
+                                              getattr(cls, f"leave_{kind.__name__}", None))
+        return found
 
     def parent(self, node: cst.CSTNode) -> cst.CSTNode | None:
         """The parent of an original node visited so far (cheaper than ParentNodeProvider)."""
