@@ -16,7 +16,7 @@ import re
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import libcst as cst
 from libcst.metadata import MetadataWrapper
@@ -177,15 +177,23 @@ def _worker(job: tuple[str, str]) -> FileResult:
 _STEPS: tuple[StepPlan, ...] = ()
 
 
-def rewrite_tree(files: dict[str, Path], steps: tuple[StepPlan, ...], jobs: int | None = None) -> RewriteResult:
-    """Rewrite every file of a tree; files no step wants are reported unchanged without reading."""
+def rewrite_tree(files: dict[str, Path], steps: tuple[StepPlan, ...], jobs: int | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> RewriteResult:
+    """Rewrite every file of a tree; files no step wants are reported unchanged without reading.
+
+    `progress(done, total)` is called as each file the steps want is finished (porter.progress).
+    """
     global _STEPS
     candidates = sorted(p for p in files if any(s.wants(p) for s in steps))
     results = {p: FileResult(p, "unchanged") for p in files}
     jobs = jobs or min(len(candidates) // 8 + 1, os.cpu_count() or 1)
+    done, total = 0, len(candidates)
     if jobs <= 1 or "fork" not in multiprocessing.get_all_start_methods():
         for p in candidates:
             results[p] = rewrite_file(p, files[p].read_bytes(), steps)
+            done += 1
+            if progress is not None:
+                progress(done, total)
     else:
         _STEPS = steps  # inherited by forked workers; nothing is pickled but paths and results
         try:
@@ -195,6 +203,9 @@ def rewrite_tree(files: dict[str, Path], steps: tuple[StepPlan, ...], jobs: int 
             with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
                 for res in pool.map(_worker, [(p, str(files[p])) for p in order], chunksize=1):
                     results[res.path] = res
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
         finally:
             _STEPS = ()
     return RewriteResult(files=tuple(results[p] for p in sorted(results)))
