@@ -417,8 +417,15 @@ class Rewriter(cst.CSTTransformer):
         return self.module.code_for_node(node)
 
     def line_of(self, node: cst.CSTNode) -> tuple[int, int]:
-        """Lines of an original node. Positions are computed once, on first use, so files
-        a transform visits but does not change never pay for them."""
+        """Lines of an original node.
+
+        Found in the module's text where that is certain (below); otherwise from libcst's
+        positions, computed once on first use (a code generation of the whole module).
+        """
+        if self.source is not None and self.module is not None:
+            found = _lines_in_text(self.source, self.module, node, self._parents)
+            if found is not None:
+                return found
         pos = self.meta(PositionProvider, node)
         return pos.start.line, pos.end.line
 
@@ -520,6 +527,56 @@ def import_bindings(source: str) -> dict[str, frozenset[str]] | None:
                     full = f"{base}.{a.name}" if n.module else f"{base}{a.name}"
                     bindings.setdefault(a.asname or a.name, set()).add(full)
     return {k: frozenset(v) for k, v in bindings.items()}
+
+
+# Nodes whose generated code is not their text in the file: indented blocks are generated at
+# indentation zero.
+_NOT_VERBATIM = (cst.BaseCompoundStatement, cst.IndentedBlock, cst.Else, cst.ExceptHandler,
+                 cst.ExceptStarHandler, cst.Finally, cst.MatchCase, cst.Module)
+
+
+def _verbatim(module: cst.Module, node: cst.CSTNode) -> str:
+    """`node`'s text exactly as it is in the file, from its first token to its last; "" if unsure."""
+    if isinstance(node, _NOT_VERBATIM):
+        return ""
+    if getattr(node, "leading_lines", None):  # comments and blank lines above a statement
+        node = node.with_changes(leading_lines=())
+    try:
+        return module.code_for_node(node).rstrip()
+    except Exception:  # a node that cannot be generated alone (an Annotation, ...)
+        return ""
+
+
+def _lines_in_text(source: str, module: cst.Module, node: cst.CSTNode,
+                   parents: dict[cst.CSTNode, cst.CSTNode]) -> tuple[int, int] | None:
+    """(first, last) line of an original node, read off the file's text without libcst positions.
+
+    Certain, or None: the node's verbatim text occurs once in the file, or once inside the
+    verbatim text of an ancestor that occurs once. tests/test_resolver.py checks it against
+    libcst's PositionProvider on real modules.
+    """
+    code = _verbatim(module, node)
+    if not code:
+        return None
+    at = source.find(code)
+    if at < 0:
+        return None
+    if source.find(code, at + 1) >= 0:
+        above = parents.get(node)
+        while True:
+            if above is None or isinstance(above, _NOT_VERBATIM):
+                return None
+            outer = _verbatim(module, above)
+            start = source.find(outer) if outer else -1
+            if start >= 0 and source.find(outer, start + 1) < 0:
+                inner = outer.find(code)
+                if inner < 0 or outer.find(code, inner + 1) >= 0:
+                    return None
+                at = start + inner
+                break
+            above = parents.get(above)
+    first = source.count("\n", 0, at) + 1
+    return first, first + code.count("\n")
 
 
 def walk(node: cst.CSTNode, prune: Callable[[cst.CSTNode], bool] | None = None) -> Iterator[cst.CSTNode]:
