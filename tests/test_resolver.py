@@ -256,3 +256,35 @@ def test_resolver_is_far_cheaper_than_libcst_scope_analysis():
     Resolver(module)
     ours = time.perf_counter() - t
     assert ours * 10 < libcst, f"resolver {ours:.3f} s, libcst {libcst:.3f} s"
+
+
+# -- lines of a node, read off the text (Rewriter.line_of) ---------------------------------------
+@pytest.mark.parametrize("path", [TRANSFORMERS / "integrations/sdpa_attention.py",
+                                  ROOT / "fixtures/ming_omni_tts/upstream/modeling_bailing_moe.py"], ids=str)
+def test_lines_read_off_the_text_are_libcst_positions(path):
+    from libcst.metadata import PositionProvider
+
+    from porter.transforms._base import _lines_in_text
+
+    source = path.read_text(encoding="utf-8")
+    module = cst.parse_module(source)
+    positions = MetadataWrapper(module, unsafe_skip_copy=True).resolve(PositionProvider)
+    parents: dict = {}
+    stack = [module]
+    while stack:
+        node = stack.pop()
+        for child in node.children:
+            parents[child] = node
+            stack.append(child)
+    kinds = (cst.Call, cst.Comparison, cst.SimpleString, cst.Attribute, cst.SimpleStatementLine, cst.Arg,
+             cst.Decorator, cst.If, cst.FunctionDef, cst.Assign, cst.Import, cst.ImportFrom, cst.BooleanOperation)
+    answered = asked = 0
+    for node, pos in positions.items():
+        if not isinstance(node, kinds):
+            continue
+        asked += 1
+        found = _lines_in_text(source, module, node, parents)
+        if found is not None:
+            answered += 1
+            assert found == (pos.start.line, pos.end.line), module.code_for_node(node)[:80]
+    assert answered > asked / 2, f"only {answered} of {asked} nodes found in the text"
