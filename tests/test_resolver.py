@@ -277,7 +277,8 @@ def test_lines_read_off_the_text_are_libcst_positions(path):
             parents[child] = node
             stack.append(child)
     kinds = (cst.Call, cst.Comparison, cst.SimpleString, cst.Attribute, cst.SimpleStatementLine, cst.Arg,
-             cst.Decorator, cst.If, cst.FunctionDef, cst.Assign, cst.Import, cst.ImportFrom, cst.BooleanOperation)
+             cst.Decorator, cst.If, cst.While, cst.For, cst.FunctionDef, cst.ClassDef, cst.Assign, cst.Import,
+             cst.ImportFrom, cst.BooleanOperation, cst.Name)
     answered = asked = 0
     for node, pos in positions.items():
         if not isinstance(node, kinds):
@@ -288,3 +289,23 @@ def test_lines_read_off_the_text_are_libcst_positions(path):
             answered += 1
             assert found == (pos.start.line, pos.end.line), module.code_for_node(node)[:80]
     assert answered > asked / 2, f"only {answered} of {asked} nodes found in the text"
+
+
+def test_lines_read_off_the_text_leave_parentheses_out_like_libcst():
+    from libcst.metadata import PositionProvider
+
+    from porter.transforms._base import _lines_in_text
+
+    source = ("import x\n\n# c\n@dec\n\n@dec2(\n  1)\ndef f(a):\n    if (\n       a == 'cuda'):\n"
+              "        pass\n    elif b:\n        pass\n    for i in y:\n        z = (\n            1)\n")
+    module = cst.parse_module(source)
+    positions = MetadataWrapper(module, unsafe_skip_copy=True).resolve(PositionProvider)
+    f = module.body[1]
+    if_, for_ = f.body.body
+    assign = for_.body.body[0].body[0]
+    for node in (f, if_, if_.test, if_.orelse, for_, assign, assign.value):
+        pos = positions[node]
+        assert _lines_in_text(source, module, node, {}) in (None, (pos.start.line, pos.end.line))
+    assert _lines_in_text(source, module, if_.test, {}) == (10, 10)  # not the "(" line
+    assert _lines_in_text(source, module, f, {}) == (8, 16)
+    assert _lines_in_text(source, module, if_, {}) == (9, 13)

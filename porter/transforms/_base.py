@@ -242,7 +242,7 @@ class Rewriter(cst.CSTTransformer):
 
     def on_visit(self, node: cst.CSTNode) -> bool:
         # Helpers porter wrote into a module (`def _porter_*`) call the CUDA APIs on purpose.
-        if isinstance(node, cst.FunctionDef) and node.name.value.startswith(HELPER_PREFIX):
+        if type(node) is cst.FunctionDef and node.name.value.startswith(HELPER_PREFIX):  # type: ignore[attr-defined]
             return False
         if self._stack:
             self._parents[node] = self._stack[-1]
@@ -251,7 +251,7 @@ class Rewriter(cst.CSTTransformer):
         return visit is None or visit(self, node) is not False
 
     def on_leave(self, original_node: cst.CSTNode, updated_node: cst.CSTNode):  # type: ignore[override]
-        if isinstance(original_node, cst.FunctionDef) and original_node.name.value.startswith(HELPER_PREFIX):
+        if type(original_node) is cst.FunctionDef and original_node.name.value.startswith(HELPER_PREFIX):  # type: ignore[attr-defined]
             return updated_node
         self._stack.pop()
         leave = self._handlers(type(original_node))[1]
@@ -535,48 +535,105 @@ _NOT_VERBATIM = (cst.BaseCompoundStatement, cst.IndentedBlock, cst.Else, cst.Exc
                  cst.ExceptStarHandler, cst.Finally, cst.MatchCase, cst.Module)
 
 
-def _verbatim(module: cst.Module, node: cst.CSTNode) -> str:
-    """`node`'s text exactly as it is in the file, from its first token to its last; "" if unsure."""
+def _verbatim(module: cst.Module, node: cst.CSTNode, parens: bool = False) -> str:
+    """`node`'s text exactly as it is in the file, from its first token to its last (its
+    parentheses only with `parens`: libcst positions leave them out); "" if unsure."""
     if isinstance(node, _NOT_VERBATIM):
         return ""
     if getattr(node, "leading_lines", None):  # comments and blank lines above a statement
         node = node.with_changes(leading_lines=())
+    if not parens and getattr(node, "lpar", None):
+        node = node.with_changes(lpar=(), rpar=())
+    if isinstance(node, (cst.Arg, cst.Param)):  # the comma and what follows are not the node's
+        node = node.with_changes(comma=cst.MaybeSentinel.DEFAULT, **{
+            "whitespace_after_arg" if isinstance(node, cst.Arg) else "whitespace_after_param":
+                cst.SimpleWhitespace("")})
+    elif getattr(node, "comma", None) is not None and not isinstance(node.comma, cst.MaybeSentinel):
+        node = node.with_changes(comma=cst.MaybeSentinel.DEFAULT)
     try:
         return module.code_for_node(node).rstrip()
     except Exception:  # a node that cannot be generated alone (an Annotation, ...)
         return ""
 
 
+def _header(node: cst.CSTNode) -> tuple[str, cst.CSTNode] | None:
+    """The verbatim start of a compound statement's first line (`if x`, `def f(`), and the node
+    that text ends in: the compound statement starts on that node's line."""
+    if isinstance(node, cst.If):
+        return f"if{node.whitespace_before_test.value}", node.test  # also the end of "elif"
+    if isinstance(node, cst.While):
+        return f"while{node.whitespace_after_while.value}", node.test
+    if isinstance(node, cst.For):
+        return f"for{node.whitespace_after_for.value}", node.target
+    if isinstance(node, cst.FunctionDef):
+        return f"def{node.whitespace_after_def.value}", node.name
+    if isinstance(node, cst.ClassDef):
+        return f"class{node.whitespace_after_class.value}", node.name
+    return None
+
+
 def _lines_in_text(source: str, module: cst.Module, node: cst.CSTNode,
                    parents: dict[cst.CSTNode, cst.CSTNode]) -> tuple[int, int] | None:
     """(first, last) line of an original node, read off the file's text without libcst positions.
 
-    Certain, or None: the node's verbatim text occurs once in the file, or once inside the
-    verbatim text of an ancestor that occurs once. tests/test_resolver.py checks it against
-    libcst's PositionProvider on real modules.
+    Certain, or None. A node's first line, as generated, is verbatim in the file (later lines
+    may not be: continuation lines are generated without the block's indentation); where it
+    occurs once in the file, or once within the lines of an ancestor whose first line occurs once,
+    the node starts there, and it spans as many lines as its code. A compound statement starts
+    where its keyword and test/target/name do (`if (` ...). tests/test_resolver.py checks this
+    against libcst's PositionProvider on real modules.
     """
+    head = _header(node)
+    if head is not None:
+        keyword, anchor = head
+        code = _verbatim(module, anchor, parens=True)
+        if not code:
+            return None
+        at = _offset(source, module, anchor, keyword + code, parents, node)
+        if at is None:
+            return None
+        whole = node.with_changes(leading_lines=())
+        if isinstance(whole, (cst.FunctionDef, cst.ClassDef)):
+            whole = whole.with_changes(decorators=(), lines_after_decorators=())
+        line = source.count("\n", 0, at) + 1
+        return line, line + module.code_for_node(whole).rstrip().count("\n")
     code = _verbatim(module, node)
-    if not code:
+    at = _offset(source, module, node, code, parents, None)
+    if at is None:
         return None
-    at = source.find(code)
+    line = source.count("\n", 0, at) + 1
+    return line, line + code.count("\n")
+
+
+def _offset(source: str, module: cst.Module, node: cst.CSTNode, code: str,
+            parents: dict[cst.CSTNode, cst.CSTNode], parent: cst.CSTNode | None) -> int | None:
+    """Where `code`, the generated text of `node`, starts in `source`, if that is certain."""
+    first = code.split("\n", 1)[0]
+    if not first.strip():
+        return None
+    at = source.find(first)
     if at < 0:
         return None
-    if source.find(code, at + 1) >= 0:
-        above = parents.get(node)
-        while True:
-            if above is None or isinstance(above, _NOT_VERBATIM):
+    if source.find(first, at + 1) < 0:
+        return at
+    above = parents.get(node, parent)
+    while above is not None and not isinstance(above, _NOT_VERBATIM):
+        outer = _verbatim(module, above, parens=True)
+        outer_first = outer.split("\n", 1)[0]
+        start = source.find(outer_first) if outer_first.strip() else -1
+        if start >= 0 and source.find(outer_first, start + 1) < 0:
+            stop = start  # the end of the ancestor's last line
+            for _ in range(outer.count("\n") + 1):
+                stop = source.find("\n", stop + 1)
+                if stop < 0:
+                    stop = len(source)
+                    break
+            at = source.find(first, start, stop)
+            if at < 0 or source.find(first, at + 1, stop) >= 0:
                 return None
-            outer = _verbatim(module, above)
-            start = source.find(outer) if outer else -1
-            if start >= 0 and source.find(outer, start + 1) < 0:
-                inner = outer.find(code)
-                if inner < 0 or outer.find(code, inner + 1) >= 0:
-                    return None
-                at = start + inner
-                break
-            above = parents.get(above)
-    first = source.count("\n", 0, at) + 1
-    return first, first + code.count("\n")
+            return at
+        above = parents.get(above)
+    return None
 
 
 def walk(node: cst.CSTNode, prune: Callable[[cst.CSTNode], bool] | None = None) -> Iterator[cst.CSTNode]:
