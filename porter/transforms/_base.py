@@ -233,6 +233,8 @@ class Rewriter(cst.CSTTransformer):
         self._stack: list[cst.CSTNode] = []
         self._parents: dict[cst.CSTNode, cst.CSTNode] = {}
         self._resolved: dict[type, Any] = {}
+        self._line_queries = 0
+        self._spans: dict[cst.CSTNode, tuple[int, int] | None] = {}  # ancestors' places in the text
         self.wrapper: MetadataWrapper | None = None
         self.source: str | None = None  # the module's code (PythonTransform sets it)
 
@@ -422,8 +424,11 @@ class Rewriter(cst.CSTTransformer):
         Found in the module's text where that is certain (below); otherwise from libcst's
         positions, computed once on first use (a code generation of the whole module).
         """
-        if self.source is not None and self.module is not None:
-            found = _lines_in_text(self.source, self.module, node, self._parents)
+        self._line_queries += 1
+        # Past a few dozen queries one pass over the module is the cheaper way.
+        if self.source is not None and self.module is not None and self._line_queries <= 40 \
+                and PositionProvider not in self._resolved:
+            found = _lines_in_text(self.source, self.module, node, self._parents, self._spans)
             if found is not None:
                 return found
         pos = self.meta(PositionProvider, node)
@@ -535,10 +540,11 @@ _NOT_VERBATIM = (cst.BaseCompoundStatement, cst.IndentedBlock, cst.Else, cst.Exc
                  cst.ExceptStarHandler, cst.Finally, cst.MatchCase, cst.Module)
 
 
-def _verbatim(module: cst.Module, node: cst.CSTNode, parens: bool = False) -> str:
-    """`node`'s text exactly as it is in the file, from its first token to its last (its
-    parentheses only with `parens`: libcst positions leave them out); "" if unsure."""
-    if isinstance(node, _NOT_VERBATIM):
+def _verbatim(module: cst.Module, node: cst.CSTNode, parens: bool = False, blocks: bool = False) -> str:
+    """`node`'s code from its first token to its last (its parentheses only with `parens`:
+    libcst positions leave them out); "" if unsure. Its first line is verbatim in the file;
+    statements with blocks (only with `blocks`) are generated at indentation zero."""
+    if isinstance(node, _NOT_VERBATIM) and not blocks:
         return ""
     if getattr(node, "leading_lines", None):  # comments and blank lines above a statement
         node = node.with_changes(leading_lines=())
@@ -573,7 +579,8 @@ def _header(node: cst.CSTNode) -> tuple[str, cst.CSTNode] | None:
 
 
 def _lines_in_text(source: str, module: cst.Module, node: cst.CSTNode,
-                   parents: dict[cst.CSTNode, cst.CSTNode]) -> tuple[int, int] | None:
+                   parents: dict[cst.CSTNode, cst.CSTNode],
+                   spans: dict[cst.CSTNode, tuple[int, int] | None] | None = None) -> tuple[int, int] | None:
     """(first, last) line of an original node, read off the file's text without libcst positions.
 
     Certain, or None. A node's first line, as generated, is verbatim in the file (later lines
@@ -589,7 +596,7 @@ def _lines_in_text(source: str, module: cst.Module, node: cst.CSTNode,
         code = _verbatim(module, anchor, parens=True)
         if not code:
             return None
-        at = _offset(source, module, anchor, keyword + code, parents, node)
+        at = _offset(source, module, anchor, keyword + code, parents, node, spans)
         if at is None:
             return None
         whole = node.with_changes(leading_lines=())
@@ -598,7 +605,7 @@ def _lines_in_text(source: str, module: cst.Module, node: cst.CSTNode,
         line = source.count("\n", 0, at) + 1
         return line, line + module.code_for_node(whole).rstrip().count("\n")
     code = _verbatim(module, node)
-    at = _offset(source, module, node, code, parents, None)
+    at = _offset(source, module, node, code, parents, None, spans)
     if at is None:
         return None
     line = source.count("\n", 0, at) + 1
@@ -606,8 +613,10 @@ def _lines_in_text(source: str, module: cst.Module, node: cst.CSTNode,
 
 
 def _offset(source: str, module: cst.Module, node: cst.CSTNode, code: str,
-            parents: dict[cst.CSTNode, cst.CSTNode], parent: cst.CSTNode | None) -> int | None:
+            parents: dict[cst.CSTNode, cst.CSTNode], parent: cst.CSTNode | None,
+            spans: dict[cst.CSTNode, tuple[int, int] | None] | None = None) -> int | None:
     """Where `code`, the generated text of `node`, starts in `source`, if that is certain."""
+    spans = {} if spans is None else spans
     first = code.split("\n", 1)[0]
     if not first.strip():
         return None
@@ -617,23 +626,32 @@ def _offset(source: str, module: cst.Module, node: cst.CSTNode, code: str,
     if source.find(first, at + 1) < 0:
         return at
     above = parents.get(node, parent)
-    while above is not None and not isinstance(above, _NOT_VERBATIM):
-        outer = _verbatim(module, above, parens=True)
-        outer_first = outer.split("\n", 1)[0]
-        start = source.find(outer_first) if outer_first.strip() else -1
-        if start >= 0 and source.find(outer_first, start + 1) < 0:
-            stop = start  # the end of the ancestor's last line
-            for _ in range(outer.count("\n") + 1):
-                stop = source.find("\n", stop + 1)
-                if stop < 0:
-                    stop = len(source)
-                    break
+    while above is not None and not isinstance(above, cst.Module):
+        if above not in spans:
+            spans[above] = _span(source, _verbatim(module, above, parens=True, blocks=True))
+        span = spans[above]
+        if span is not None:
+            start, stop = span
             at = source.find(first, start, stop)
             if at < 0 or source.find(first, at + 1, stop) >= 0:
                 return None
             return at
         above = parents.get(above)
     return None
+
+
+def _span(source: str, code: str) -> tuple[int, int] | None:
+    """(start, end of last line) of generated `code` in `source` if its first line occurs once."""
+    first = code.split("\n", 1)[0]
+    start = source.find(first) if first.strip() else -1
+    if start < 0 or source.find(first, start + 1) >= 0:
+        return None
+    stop = start
+    for _ in range(code.count("\n") + 1):
+        stop = source.find("\n", stop + 1)
+        if stop < 0:
+            return start, len(source)
+    return start, stop
 
 
 def walk(node: cst.CSTNode, prune: Callable[[cst.CSTNode], bool] | None = None) -> Iterator[cst.CSTNode]:
