@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from porter import emit
 from porter.errors import PortProblem, UsageError
+from porter.progress import FileProgress
 from porter.recipe import LoadedRecipe, load_recipe
 from porter.report import build_report, render_markdown
 from porter.rewrite import MAX_FILE_BYTES, RewriteResult, StepPlan, nesting_problem, rewrite_tree
@@ -68,7 +69,8 @@ def build_port(loaded: LoadedRecipe, overrides: dict[str | None, Path], jobs: in
         raise UsageError(f"--source {unknown[0]}=...: the recipe has no source with that id (ids: {ids})")
     tree = fetch_tree(loaded.recipe.sources, loaded.path.parent, overrides)
     steps = plan(loaded)
-    result = rewrite_tree(tree.files, steps, jobs=jobs)
+    with FileProgress("rewrite") as bar:  # shown on a terminal once the rewrite passes 2 s
+        result = rewrite_tree(tree.files, steps, jobs=jobs, progress=bar)
     emitted = emit.build(loaded, tree, result)
     extra: dict[str, Any] = {}
     if loaded.recipe.weights is not None:

@@ -22,7 +22,7 @@ import tokenize
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import libcst as cst
 from libcst.metadata import MetadataWrapper
@@ -404,21 +404,27 @@ class _Pool:
                 proc.join(5)
 
 
-def rewrite_tree(files: dict[str, Path], steps: tuple[StepPlan, ...], jobs: int | None = None) -> RewriteResult:
+def rewrite_tree(files: dict[str, Path], steps: tuple[StepPlan, ...], jobs: int | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> RewriteResult:
     """Rewrite every file of a tree; files no step wants are reported unchanged without reading.
 
     Where the platform can fork, files are rewritten in worker processes, so a file that crashes
     libcst or runs past the time limit is reported as failed and the rest go on.
+    `progress(done, total)` is called as each file the steps want is finished (porter.progress).
     """
     global _STEPS
     candidates = sorted(p for p in files if any(s.wants(p) for s in steps))
     results = {p: FileResult(p, "unchanged") for p in files}
     jobs = jobs or min(len(candidates) // 8 + 1, os.cpu_count() or 1)
+    done, total = 0, len(candidates)
     if not candidates:
         pass
     elif "fork" not in multiprocessing.get_all_start_methods():
         for p in candidates:
             results[p] = rewrite_file(p, files[p].read_bytes(), steps)
+            done += 1
+            if progress is not None:
+                progress(done, total)
     else:
         _STEPS = steps  # inherited by forked workers; nothing is pickled but paths and results
         try:
@@ -426,6 +432,9 @@ def rewrite_tree(files: dict[str, Path], steps: tuple[StepPlan, ...], jobs: int 
             order = sorted(candidates, key=lambda p: -files[p].stat().st_size)
             for res in _Pool(jobs, FILE_TIMEOUT_S).run([(p, str(files[p])) for p in order]):
                 results[res.path] = res
+                done += 1
+                if progress is not None:
+                    progress(done, total)
         finally:
             _STEPS = ()
     return RewriteResult(files=tuple(results[p] for p in sorted(results)))

@@ -1,9 +1,10 @@
-"""The spelling filter in front of qualified-name analysis (Rewriter.may_import).
+"""The spelling filter in front of name resolution (Rewriter.may_import).
 
-Transforms ask libcst's QualifiedNameProvider (scope analysis, most of a run's time) only about
-nodes the filter lets through, so a wrong "no" would silently miss a CUDA site. These tests hold
-it to that: on hand-written traps and on every name in real code, whatever the analysis resolves
-through an import, the filter lets through.
+Transforms resolve names (porter.resolve, through `meta(QualifiedNameProvider, ...)`) only for
+nodes the filter lets through, and a module is walked only once one gets through, so a wrong "no"
+would silently miss a CUDA site. These tests hold it to that: on hand-written traps and on every
+name in real code, whatever the resolver resolves through an import, the filter lets through.
+(tests/test_resolver.py holds the resolver to libcst's own answers.)
 """
 
 from __future__ import annotations
