@@ -343,6 +343,15 @@ class _Analysis:
             return (self.names.qualify(node.func) or "") in _CUDA_ONLY_CALLS
         return _dotted(node) in self.props_names
 
+    def _bound_and_read_for_capability(self, call: ast.Call) -> bool:
+        """`props = torch.cuda.get_device_properties(d)` and `props.major` read somewhere in the file."""
+        p = self.parent.get(call)
+        if not isinstance(p, ast.Assign) or p.value is not call:
+            return False
+        bound = {x for t in p.targets if (x := _dotted(t))}
+        return any(isinstance(n, ast.Attribute) and n.attr in _CUDA_ONLY_ATTRS and _dotted(n.value) in bound
+                   for n in ast.walk(self.tree))
+
     def _props_names(self) -> set[str]:
         out = set()
         for n in ast.walk(self.tree):
@@ -549,15 +558,12 @@ class _Analysis:
                 self.device_check(n, n.args[0], "startswith", True)
             elif isinstance(n, ast.Attribute) and n.attr == "is_cuda" and isinstance(n.ctx, ast.Load):
                 self.device_check(n, n, "is_cuda", True)
-        gates = list(self.sites)
-        self.sites = []
         for n in ast.walk(self.tree):
             self._other(n)
         others = []
         for s in self.sites:
             gate = None
-            if s.action != "keep" and s.category in ("compile", "cuda_api", "cuda_only_import", "custom_kernel",
-                                                     "attention_backend", "hardcoded_device", "autocast"):
+            if s.action != "keep" and (s.category != "device_check" or s.action == "rewrite"):
                 gate = self._gate_line(s.line)
             if gate is not None:
                 s = Site(**{**s.__dict__, "action": "keep",
@@ -565,7 +571,7 @@ class _Analysis:
                                       "which stays CUDA-only",
                             "context": f"line {gate}: {self.code(gate)}"})
             others.append(s)
-        return sorted(gates + others, key=lambda s: (s.line, s.col, s.category))
+        return sorted(others, key=lambda s: (s.line, s.col, s.category))
 
     def _gate_line(self, line: int) -> int | None:
         for first, last, gate in self.kept_paths:
@@ -757,9 +763,10 @@ class _Analysis:
             self.add(node, "cuda_api", "decision", "cuda-api",
                      "False/0 on npu: CUDA-only work is skipped there; cuda-api widens it only where the guarded "
                      "code follows the device", kind="predicate")
-        elif name in ("get_device_capability",) or (
-                name == "get_device_properties" and isinstance(self.parent.get(node), ast.Attribute)
-                and self.parent[node].attr in _CUDA_ONLY_ATTRS):  # type: ignore[attr-defined]
+        elif name in ("get_device_capability",) or name == "get_device_properties" and (
+                isinstance(self.parent.get(node), ast.Attribute)
+                and self.parent[node].attr in _CUDA_ONLY_ATTRS  # type: ignore[attr-defined]
+                or self._bound_and_read_for_capability(node)):
             self.add(node, "cuda_api", "keep", "cuda-api",
                      "CUDA compute capability: torch_npu has no usable value; never sent to torch.npu", kind="call")
         elif _has_npu_counterpart(rest):

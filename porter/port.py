@@ -99,7 +99,15 @@ def _scan(loaded: LoadedRecipe, tree: SourceTree, result: RewriteResult, steps: 
         texts(),
         transforms_for=lambda p: {s.transform.name for s in steps if s.wants(p)},
         already={(f.file, f.line) for f in result.findings},
+        original_of=lambda p: _original(tree, p) if p in patched else None,
     )
+
+
+def _original(tree: SourceTree, path: str) -> str | None:
+    try:
+        return tree.files[path].read_bytes().decode("utf-8")
+    except (UnicodeDecodeError, OSError):
+        return None
 
 
 def _dump(model: Any) -> Any:
