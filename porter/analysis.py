@@ -724,6 +724,10 @@ class _Analysis:
         elif isinstance(node.func, ast.Attribute) and node.func.attr == "cuda" and not text.startswith("torch."):
             self.add(node, "hardcoded_device", "rewrite", "hardcoded-device",
                      ".cuda(): moves to the accelerator in use (npu where available)", kind="method")
+        if isinstance(node.func, ast.Attribute) and node.func.attr == "to" and node.args and _str(
+                node.args[0]) is not None and _CUDA.match(_str(node.args[0]) or ""):
+            self.add(node.args[0], "hardcoded_device", "rewrite", "hardcoded-device",
+                     '.to("cuda"): moves to the accelerator in use (npu where available)', kind="to")
         if q == "torch.device" and node.args and _is_cuda_literal(node.args[0]):
             self.add(node, "hardcoded_device", "rewrite", "hardcoded-device",
                      "torch.device(\"cuda\"): becomes a run-time choice", kind="call")

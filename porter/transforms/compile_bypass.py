@@ -145,6 +145,7 @@ class _Bypass(Rewriter):
         site = self._analysed(call)
         if site is None or site.kind != "method":
             return
+        self._dominated.add(call.func)  # its mode= is not a setting left elsewhere
         if site.action == "keep" and site.context.startswith("line "):
             self.find(call, "compile-gate", R_DOMINATED.format(line=site.context[5:].split(":", 1)[0]))
         elif site.action == "decision":
