@@ -297,8 +297,9 @@ class _Analysis:
                 return "compile"
             if last and flash_hint(last):
                 return "flash"
-            if last and re.search(r"kernel|load_inline|cpp_extension|build_ext", last, re.I):
-                return "kernel"
+            if last and re.search(r"kernel|load_inline|cpp_extension|build_ext", last, re.I) and not (
+                    q.startswith("torch.") and not q.startswith("torch.utils.cpp_extension")):
+                return "kernel"  # torch's own kernel selection (sdp_kernel) is not a custom kernel
             if q in _CUDA_ONLY_CALLS and q.endswith("capability"):
                 return "cuda_only"
         elif isinstance(n, ast.Attribute):
@@ -316,6 +317,10 @@ class _Analysis:
             q = self.names.qualify(n) or ""
             if q in COMPILE_APIS:
                 return "compile"
+        elif isinstance(n, ast.Raise) and n.exc is not None:
+            words = " ".join(_str(c) or "" for c in ast.walk(n.exc))
+            if re.search(r"\bcuda\b", words, re.I) and re.search(r"avail|requir|not|only|need", words, re.I):
+                return "assert_cuda"  # raises on CUDA's absence
         elif isinstance(n, ast.Assert):
             if self._tests_cuda_available(n.test) or _MESSAGE_CUDA.search(ast.unparse(n.msg) if n.msg else ""):
                 return "assert_cuda"
@@ -527,7 +532,8 @@ class _Analysis:
                     line)
         if "assert_cuda" in eff_cuda:
             return ("device_check", "decision", "widen-device-check",
-                    "the CUDA branch asserts CUDA is available: widened, it would fail on npu; a human decides "
+                    "the CUDA branch asserts CUDA is available (or raises without it): widened, it would fail on "
+                    "npu; a human decides "
                     f"({eff_cuda['assert_cuda']})", line)
         if "cuda_state" in eff_cuda:
             return ("device_check", "decision", "widen-device-check",

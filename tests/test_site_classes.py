@@ -255,3 +255,19 @@ def test_analyse_tree_reads_files_and_skips_unreadable(tmp_path):
     got = analyse_tree(tmp_path)
     assert [(s.file, s.line, s.category, s.action) for s in got] == [("pkg/a.py", 1, "hardcoded_device", "rewrite")]
     assert analyse_tree(tmp_path, ["pkg/a.py"]) == got
+
+
+def test_class4_branch_raising_on_cuda_absence_is_a_decision():
+    # voxcpm's resolver shape: the CUDA branch raises when CUDA is not available
+    text = ("import torch\n\ndef resolve(explicit):\n    if explicit.startswith('cuda'):\n"
+            "        if not torch.cuda.is_available():\n"
+            "            raise ValueError(f\"Requested device '{explicit}', but CUDA is not available.\")\n"
+            "        return explicit\n    return 'cpu'\n")
+    out = run("widen-device-check", text)
+    assert out.text == text and [f.category for f in out.findings] == ["needs-decision"]
+
+
+def test_sdp_kernel_selection_is_not_a_custom_kernel():
+    text = ("import torch\n\ndef attend(q):\n    if q.device.type == 'cuda':\n"
+            "        with torch.backends.cuda.sdp_kernel(enable_math=True):\n            return f(q)\n")
+    assert run("widen-device-check", text).changes
