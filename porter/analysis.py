@@ -859,15 +859,29 @@ def analyse_source(path: str, text: str) -> list[Site]:
     return list(_analyse(path, text))
 
 
-@functools.lru_cache(maxsize=16)  # the steps over one file (and the scan) share it
 def _analyse(path: str, text: str) -> tuple[Site, ...]:
+    return _result(path, text)[0]
+
+
+@functools.lru_cache(maxsize=16)  # the steps over one file (and the scan) share it
+def _result(path: str, text: str) -> tuple[tuple[Site, ...], tuple[tuple[int, int, int], ...]]:
     if not PREFILTER.search(text):
-        return ()
+        return (), ()
     try:
         tree = ast.parse(text)
     except (SyntaxError, ValueError):
-        return ()
-    return tuple(_Analysis(path, text, tree).run())
+        return (), ()
+    analysis = _Analysis(path, text, tree)
+    sites = tuple(analysis.run())
+    return sites, tuple(analysis.kept_paths)
+
+
+def cuda_only_gate(path: str, text: str, line: int) -> int | None:
+    """The line of a gate that stays CUDA-only and dominates `line` (only CUDA reaches it), or None."""
+    for first, last, gate in _result(path, text)[1]:
+        if first <= line <= last:
+            return gate
+    return None
 
 
 def analyse_tree(root: Path, files: Iterable[str] | None = None) -> list[Site]:

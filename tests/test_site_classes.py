@@ -271,3 +271,26 @@ def test_sdp_kernel_selection_is_not_a_custom_kernel():
     text = ("import torch\n\ndef attend(q):\n    if q.device.type == 'cuda':\n"
             "        with torch.backends.cuda.sdp_kernel(enable_math=True):\n            return f(q)\n")
     assert run("widen-device-check", text).changes
+
+
+# -- issue 10: nothing rewritten that npu cannot reach ---------------------------------------------------
+BEHIND_A_GATE = (
+    "import torch\n\n\ndef optimize(self):\n"
+    '    if self.device != "cuda":\n        raise ValueError("can only be optimized on CUDA")\n'
+    "    self.model = torch.compile(self.model.cuda())\n    torch.cuda.synchronize()\n"
+)
+
+
+@pytest.mark.parametrize("name", ["compile-bypass", "hardcoded-device", "cuda-api", "widen-device-check"])
+def test_sites_only_cuda_reaches_are_left_alone_with_the_gate_line(name):
+    out = run(name, BEHIND_A_GATE)
+    assert out.text == BEHIND_A_GATE and not out.changes
+    if name != "widen-device-check":  # the gate itself belongs to compile-bypass, which reports it
+        assert any("behind the gate at line 5" in f.reason for f in out.findings), out.findings
+
+
+def test_the_same_sites_without_the_gate_are_rewritten():
+    ungated = BEHIND_A_GATE.replace(
+        '    if self.device != "cuda":\n        raise ValueError("can only be optimized on CUDA")\n', "")
+    for name in ("compile-bypass", "hardcoded-device", "cuda-api"):
+        assert run(name, ungated).changes, name

@@ -89,7 +89,11 @@ class _Rewrite(Rewriter):
             return None
         start = self.meta(PositionProvider, node).start
         site = site_at(self.ctx.path, self.source, start.line, start.column, ("cuda_api",))
-        if site is None or site.action != "keep" or site.reason.startswith("harmless"):
+        if site is None or site.action != "keep":
+            return None
+        if site.reason.startswith("harmless: only reachable on CUDA"):
+            return site.reason + "; left alone"
+        if site.reason.startswith("harmless"):
             return None
         return f"kept CUDA-only: {site.reason}"
 
