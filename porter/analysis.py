@@ -150,9 +150,9 @@ def _cuda_fstring(node: ast.AST) -> bool:
 class _Names:
     """A light resolver of import aliases: local name -> qualified name (module-wide, like pyupgrade)."""
 
-    def __init__(self, tree: ast.Module) -> None:
+    def __init__(self, nodes: Iterable[ast.AST]) -> None:
         self.aliases: dict[str, str] = {}
-        for n in ast.walk(tree):
+        for n in nodes:
             if isinstance(n, ast.Import):
                 for a in n.names:
                     if a.asname:
@@ -181,11 +181,14 @@ class _Analysis:
         self.text = text
         self.lines = text.splitlines()
         self.tree = tree
-        self.names = _Names(tree)
+        # one walk: every node in breadth-first order, and each node's parent
         self.parent: dict[ast.AST, ast.AST] = {}
-        for node in ast.walk(tree):
+        self.nodes: list[ast.AST] = [tree]
+        for node in self.nodes:  # grows while it is read
             for child in ast.iter_child_nodes(node):
                 self.parent[child] = node
+                self.nodes.append(child)
+        self.names = _Names(self.nodes)
         self.sites: list[Site] = []
         self._seen: set[tuple[int, int, str]] = set()
         self.ported_nodes = self._ported()
@@ -216,7 +219,7 @@ class _Analysis:
         def mark(n: ast.AST) -> None:
             out.update(ast.walk(n))
 
-        for n in ast.walk(self.tree):
+        for n in self.nodes:
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name.startswith("_porter_"):
                 mark(n)
             elif isinstance(n, ast.Call):
@@ -231,7 +234,7 @@ class _Analysis:
     def _cuda_state(self) -> set[str]:
         """Names (`x`, `self.x`) bound only when torch.cuda.is_available() holds."""
         out: set[str] = set()
-        for n in ast.walk(self.tree):
+        for n in self.nodes:
             if isinstance(n, ast.If) and self._tests_cuda_available(n.test) and not _negated(n.test):
                 for s in n.body:
                     for t in ast.walk(s):
@@ -248,7 +251,7 @@ class _Analysis:
 
     def _optional_imports(self) -> set[ast.AST]:
         out: set[ast.AST] = set()
-        for n in ast.walk(self.tree):
+        for n in self.nodes:
             if isinstance(n, ast.Try) and any(
                 h.type is None or re.search(r"ImportError|Exception|ModuleNotFoundError", ast.unparse(h.type))
                 for h in n.handlers
@@ -355,11 +358,11 @@ class _Analysis:
             return False
         bound = {x for t in p.targets if (x := _dotted(t))}
         return any(isinstance(n, ast.Attribute) and n.attr in _CUDA_ONLY_ATTRS and _dotted(n.value) in bound
-                   for n in ast.walk(self.tree))
+                   for n in self.nodes)
 
     def _props_names(self) -> set[str]:
         out = set()
-        for n in ast.walk(self.tree):
+        for n in self.nodes:
             if isinstance(n, ast.Assign) and isinstance(n.value, ast.Call) and (
                     self.names.qualify(n.value.func) or "") in _CUDA_ONLY_CALLS:
                 out.update(x for t in n.targets if (x := _dotted(t)))
@@ -555,7 +558,7 @@ class _Analysis:
     # -- the walk -----------------------------------------------------------------------------------
     def run(self) -> list[Site]:
         # Device checks first: their classification decides which paths only CUDA reaches.
-        for n in ast.walk(self.tree):
+        for n in self.nodes:
             if isinstance(n, ast.Compare):
                 self._compare(n)
             elif isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "startswith" \
@@ -564,7 +567,7 @@ class _Analysis:
                 self.device_check(n, n.args[0], "startswith", True)
             elif isinstance(n, ast.Attribute) and n.attr == "is_cuda" and isinstance(n.ctx, ast.Load):
                 self.device_check(n, n, "is_cuda", True)
-        for n in ast.walk(self.tree):
+        for n in self.nodes:
             self._other(n)
         others = []
         for s in self.sites:
@@ -789,32 +792,12 @@ class _Analysis:
 
 @functools.lru_cache(maxsize=1)
 def _npu_counterparts() -> frozenset[str]:
-    from porter.transforms._torch_npu_data import load
-
-    data = load()
-    return frozenset(n for n in _candidate_names() if data.has_npu_counterpart(n))
-
-
-def _candidate_names() -> Iterable[str]:
+    """torch.cuda names torch_npu's transfer_to_npu maps to torch.npu (porter/data, read without importing
+    the transforms: the analysis stays an `ast`-only module that `porter scan` loads fast)."""
     import json
 
-    from porter.transforms._torch_npu_data import data_path
-
-    raw = json.loads(data_path("2.14.0").read_text())
-    names: set[str] = set()
-
-    def collect(x: object) -> None:
-        if isinstance(x, str):
-            names.add(x)
-        elif isinstance(x, dict):
-            for v in x.values():
-                collect(v)
-        elif isinstance(x, list):
-            for v in x:
-                collect(v)
-
-    collect(raw)
-    return names
+    raw = json.loads((Path(__file__).resolve().parent / "data" / "torch_npu_transfer-2.14.0.json").read_text())
+    return frozenset(raw.get("cuda_to_npu", ()))
 
 
 def _has_npu_counterpart(name: str) -> bool:
