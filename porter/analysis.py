@@ -235,8 +235,16 @@ class _Analysis:
         """Names (`x`, `self.x`) bound only when torch.cuda.is_available() holds."""
         out: set[str] = set()
         for n in self.nodes:
-            if isinstance(n, ast.If) and self._tests_cuda_available(n.test) and not _negated(n.test):
-                for s in n.body:
+            built: list[ast.AST] = []
+            if not isinstance(n, ast.If) or not self._tests_cuda_available(n.test):
+                continue
+            negated = any(_negated(x) and self._tests_cuda_available(x) for x in ast.walk(n.test))
+            if not negated:
+                built = list(n.body)
+            elif n.body and isinstance(n.body[-1], (ast.Return, ast.Raise)):
+                built = self._following(n)  # `if not torch.cuda.is_available(): return` then the CUDA state
+            if built:
+                for s in built:
                     for t in ast.walk(s):
                         if isinstance(t, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
                             for tgt in (t.targets if isinstance(t, ast.Assign) else [t.target]):
@@ -415,8 +423,20 @@ class _Analysis:
                 return (*gate[:3], f"switches on {gate[3]} through {where}: widening would do so on npu",
                         ast.unparse(call)[:120] if isinstance(call, ast.AST) else "")
         # 3. assigned to a name: the name, then where it flows
+        targets = []
         if isinstance(holder, (ast.Assign, ast.AnnAssign)) and holder.value is expr:
             targets = holder.targets if isinstance(holder, ast.Assign) else [holder.target]
+        elif isinstance(holder, ast.Tuple) and isinstance(self.parent.get(holder), ast.Assign):
+            # `_, heads, is_cuda = *q.shape, q.is_cuda`: the target in the same place from the end
+            assign = self.parent[holder]
+            target = assign.targets[0]  # type: ignore[attr-defined]
+            i = holder.elts.index(expr)
+            if isinstance(target, ast.Tuple) and not any(isinstance(e, ast.Starred) for e in target.elts) \
+                    and not any(isinstance(e, ast.Starred) for e in holder.elts[i:]) \
+                    and len(holder.elts) - i <= len(target.elts):
+                targets = [target.elts[len(target.elts) - (len(holder.elts) - i)]]
+                holder = assign
+        if targets:
             for t in targets:
                 name = _dotted(t) or ""
                 gate = self._name_gate(name.rsplit(".", 1)[-1])

@@ -294,3 +294,28 @@ def test_the_same_sites_without_the_gate_are_rewritten():
         '    if self.device != "cuda":\n        raise ValueError("can only be optimized on CUDA")\n', "")
     for name in ("compile-bypass", "hardcoded-device", "cuda-api"):
         assert run(name, ungated).changes, name
+
+
+def test_class5_coqui_attend_shape_tuple_unpacking_and_early_return():
+    # coqui-tts 0.28.0 TTS/tts/layers/xtts/perceiver_encoder.py, Attend (reduced)
+    text = textwrap.dedent('''\
+        import torch
+
+
+        class Attend:
+            def __init__(self, use_flash=False):
+                self.cpu_config = (True, True, True)
+                self.cuda_config = None
+                if not torch.cuda.is_available() or not use_flash:
+                    return
+                self.cuda_config = (True, False, False)
+
+            def flash_attn(self, q, k):
+                _, heads, q_len, _, k_len, is_cuda = *q.shape, k.shape[-2], q.is_cuda
+                config = self.cuda_config if is_cuda else self.cpu_config
+                return config
+    ''')
+    out = run("widen-device-check", text)
+    assert out.text == text
+    assert [(f.line, f.category) for f in out.findings] == [(13, "needs-decision")]
+    assert "flows into the test at line 14" in out.findings[0].reason
