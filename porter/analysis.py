@@ -867,16 +867,17 @@ def _analyse(path: str, text: str) -> tuple[Site, ...]:
 
 
 @functools.lru_cache(maxsize=16)  # the steps over one file (and the scan) share it
-def _result(path: str, text: str) -> tuple[tuple[Site, ...], tuple[tuple[int, int, int], ...]]:
+def _result(path: str, text: str) -> tuple[tuple[Site, ...], tuple[tuple[int, int, int], ...], bool]:
+    """(sites, CUDA-only paths as (first line, last line, gate line), whether `ast` read the text)."""
     if not PREFILTER.search(text):
-        return (), ()
+        return (), (), True
     try:
         tree = ast.parse(text)
     except (SyntaxError, ValueError):
-        return (), ()
+        return (), (), False
     analysis = _Analysis(path, text, tree)
     sites = tuple(analysis.run())
-    return sites, tuple(analysis.kept_paths)
+    return sites, tuple(analysis.kept_paths), True
 
 
 def cuda_only_gate(path: str, text: str, line: int) -> int | None:
@@ -885,6 +886,20 @@ def cuda_only_gate(path: str, text: str, line: int) -> int | None:
         if first <= line <= last:
             return gate
     return None
+
+
+def has_cuda_only_paths(path: str, text: str) -> bool:
+    return bool(_result(path, text)[1])
+
+
+def has_sites(path: str, text: str, categories: tuple[str, ...], actions: tuple[str, ...] = ("keep", "decision"),
+              ) -> bool | None:
+    """Whether `text` holds a site of these categories and actions; None when `ast` cannot read it.
+    The transforms ask this before looking a site up by position (a libcst position pass is costly)."""
+    sites, _, ok = _result(path, text)
+    if not ok:
+        return None
+    return any(s.category in categories and s.action in actions for s in sites)
 
 
 def analyse_tree(root: Path, files: Iterable[str] | None = None) -> list[Site]:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from libcst.metadata import PositionProvider
 
-from porter.analysis import site_at
+from porter.analysis import has_sites, site_at
 from porter.transforms import _gates, _runtime
 from porter.transforms._npu_runtime import string_value as _string
 from porter.transforms._base import Example, PythonTransform, Rewriter, Safety, walk
@@ -127,7 +127,7 @@ class _Bypass(Rewriter):
                 self.find(n, "needs-decision", R_CAPTURE)
 
     def _analysed(self, n: cst.CSTNode):
-        if self.source is None:
+        if self.source is None or not has_sites(self.ctx.path, self.source, ("compile",)):
             return None
         start = self.meta(PositionProvider, n).start
         return site_at(self.ctx.path, self.source, start.line, start.column, ("compile",))

@@ -8,7 +8,7 @@ import libcst as cst
 from libcst.metadata import PositionProvider
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from porter.analysis import site_at
+from porter.analysis import has_sites, site_at
 from porter.transforms._base import Example, PythonTransform, Rewriter, Safety, walk
 from porter.transforms._npu_runtime import (
     CUDA_OR_NPU,
@@ -85,7 +85,7 @@ class _Rewrite(Rewriter):
     def kept_by_analysis(self, node: cst.Call) -> str | None:
         """Why the analysis keeps this call CUDA-only (a CUDA-only property read from its result,
         such as `get_device_properties(d).major`), else None."""
-        if self.source is None:
+        if self.source is None or not has_sites(self.ctx.path, self.source, ("cuda_api",), ("keep",)):
             return None
         start = self.meta(PositionProvider, node).start
         site = site_at(self.ctx.path, self.source, start.line, start.column, ("cuda_api",))

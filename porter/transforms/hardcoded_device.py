@@ -7,7 +7,7 @@ import re
 import libcst as cst
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from porter.analysis import cuda_only_gate
+from porter.analysis import cuda_only_gate, has_cuda_only_paths
 from porter.transforms._base import Example, PythonTransform, Rewriter, Safety, walk
 from porter.transforms._npu_runtime import (
     CUDA_OR_NPU,
@@ -244,7 +244,7 @@ class _Rewrite(Rewriter):
 
     def _cuda_only(self, node: cst.CSTNode) -> bool:
         """Only CUDA reaches `node` (behind a gate the analysis keeps CUDA-only): reported, left alone."""
-        if self.source is None:
+        if self.source is None or not has_cuda_only_paths(self.ctx.path, self.source):
             return False
         gate = cuda_only_gate(self.ctx.path, self.source, self.line_of(node)[0])
         if gate is not None:

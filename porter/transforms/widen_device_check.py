@@ -8,12 +8,13 @@ import libcst as cst
 from libcst.metadata import PositionProvider
 from pydantic import BaseModel, ConfigDict, Field
 
-from porter.analysis import Site, site_at
+from porter.analysis import Site, has_sites, site_at
 from porter.transforms._base import Example, PythonTransform, Rewriter, Safety
 from porter.transforms._gates import enclosing_gate
 from porter.transforms._npu_runtime import string_value as _value
 
 _CUDA = re.compile(r"^cuda(:\d+)?$")
+_DEVICE_CATEGORIES = ("device_check", "compile_gate", "kernel_gate")
 
 
 def _string_like(template: cst.SimpleString, value: str) -> cst.SimpleString:
@@ -40,7 +41,11 @@ class _Widen(Rewriter):
         """True when the analysis (porter/analysis.py) does not classify the comparison as a rewrite:
         a compile or kernel gate, a comparison paired with a CUDA-only property, a branch that asserts
         CUDA or needs CUDA-only state. Kept sites this transform owns become findings."""
-        site = self._site(anchor if anchor is not None else node)
+        assert self.source is not None
+        kept = has_sites(self.ctx.path, self.source, _DEVICE_CATEGORIES)
+        if kept is False:
+            return False  # every device check in this file is a rewrite: no position lookup needed
+        site = None if kept is None else self._site(anchor if anchor is not None else node)
         if site is None:  # ast could not read the file (newer syntax): the libcst gate definitions
             return self.params.skip_compile_gates and enclosing_gate(node, self.parent) is not None
         if site.action == "rewrite":
@@ -57,8 +62,7 @@ class _Widen(Rewriter):
         if self.source is None:
             return None
         start = self.meta(PositionProvider, anchor).start
-        return site_at(self.ctx.path, self.source, start.line, start.column,
-                       ("device_check", "compile_gate", "kernel_gate"))
+        return site_at(self.ctx.path, self.source, start.line, start.column, _DEVICE_CATEGORIES)
 
     def leave_Comparison(self, original: cst.Comparison, updated: cst.Comparison) -> cst.BaseExpression:
         if len(updated.comparisons) != 1:
