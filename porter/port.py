@@ -129,6 +129,7 @@ def _scan(loaded: LoadedRecipe, tree: SourceTree, result: RewriteResult, steps: 
         texts(),
         transforms_for=lambda p: {s.transform.name for s in steps if s.wants(p)},
         already={(f.file, f.line) for f in result.findings},
+        original_of=lambda p: _original(tree, p) if p in patched else None,
     ))
 
 
@@ -157,6 +158,13 @@ def _with_deep_stack(fn: Callable[[], Any]) -> Any:
     if not ok:
         raise value
     return value
+
+
+def _original(tree: SourceTree, path: str) -> str | None:
+    try:
+        return tree.files[path].read_bytes().decode("utf-8")
+    except (UnicodeDecodeError, OSError):
+        return None
 
 
 def _dump(model: Any) -> Any:

@@ -155,3 +155,24 @@ def test_enclosing_gate_from_a_comparison():
     wrapper.module.visit(Find())
     kinds = [(_gates.enclosing_gate(c, lambda n: parents.get(n)) or (None,))[0] for c in comparisons]
     assert kinds == ["compile", "compile", None]
+
+
+# -- the one site analysis (porter/analysis.py) gives the same answers ------------------------------
+def _device_sites(text: str):
+    from porter.analysis import analyse_source
+
+    return [s for s in analyse_source("m.py", text) if s.category in ("device_check", "compile_gate", "kernel_gate")]
+
+
+@pytest.mark.parametrize("text", [*COMPILE_GATES.values(), *FLASH_GATES.values()],
+                         ids=[*COMPILE_GATES.keys(), *FLASH_GATES.keys()])
+def test_the_analysis_keeps_every_gate(text):
+    sites = _device_sites(text)
+    assert sites and all(s.action == "keep" and s.category in ("compile_gate", "kernel_gate") for s in sites), sites
+
+
+@pytest.mark.parametrize("text", [*NOT_COMPILE_GATES.values(), *NOT_FLASH_GATES.values()],
+                         ids=[*NOT_COMPILE_GATES.keys(), *NOT_FLASH_GATES.keys()])
+def test_the_analysis_rewrites_what_is_no_gate(text):
+    sites = _device_sites(text)
+    assert sites and all(s.category == "device_check" for s in sites), sites

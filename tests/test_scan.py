@@ -35,27 +35,25 @@ def _porter_helper():
 
 
 def test_scan_finds_every_category_and_nothing_in_text():
-    sites = {(s.line, s.category) for s in scan_source(CODE)}
+    sites = {(s.line, s.category, s.action) for s in scan_source(CODE)}
     assert sites == {
-        (2, "cuda-only-import"),
-        (3, "flash-attention"),
-        (6, "hardcoded-device"),
-        (9, "hardcoded-device"),
-        (10, "hardcoded-device"),
-        (11, "device-comparison"),
-        (13, "compile"),
-        (14, "autocast"),
-        (15, "cuda-api"),
-        (16, "flash-attention"),
-        (18, "cuda-api"),
-        (19, "device-comparison"),
-        (20, "hardcoded-device"),
-        (23, "cuda-api"),
-    }
-    helper = [s for s in scan_source(CODE) if s.line == 23]
-    assert helper[0].in_helper
-    gate = [s for s in scan_source(CODE) if s.line == 11]
-    assert gate[0].compile_gate
+        (2, "custom_kernel", "decision"),
+        (3, "attention_backend", "rewrite"),
+        (6, "hardcoded_device", "rewrite"),
+        (9, "hardcoded_device", "rewrite"),
+        (10, "hardcoded_device", "rewrite"),
+        (11, "compile_gate", "keep"),
+        # everything after `if device != "cuda": raise` is reachable on CUDA only: harmless
+        (13, "compile", "keep"),
+        (14, "autocast", "keep"),
+        (15, "cuda_api", "keep"),
+        (16, "attention_backend", "keep"),
+        (18, "cuda_api", "keep"),
+        (19, "device_check", "keep"),
+        (20, "hardcoded_device", "keep"),
+    }  # line 23 is porter's own helper: not a site
+    behind = [s for s in scan_source(CODE) if s.line == 13][0]
+    assert behind.context == 'line 11: if device != "cuda":' and "gate at line 11" in behind.reason
 
 
 def test_report_lists_what_is_left_with_reasons(tmp_path):
@@ -71,12 +69,15 @@ def test_report_lists_what_is_left_with_reasons(tmp_path):
     assert main(["apply", str(recipe), "--out", str(tmp_path / "out"), "--no-smoke"]) == 0
     report = json.loads((tmp_path / "out/s/report.json").read_text())
     findings = {(f["file"], f["line"]): f for f in report["findings"]}
-    assert findings[("pkg/train.py", 2)]["reason"] == "outside the recipe's files"
-    by_cat = {f["category"]: f["reason"] for f in report["findings"] if f["file"] == "pkg/model.py"}
-    assert by_cat["autocast"].startswith("needs a decision: no step for this file handles autocast")
-    assert by_cat["compile"].startswith("harmless: on the compile/CUDA-graph path")
+    assert findings[("pkg/train.py", 2)]["reason"] == (
+        "outside the recipe's files [owner: cuda-api; line unchanged]")
+    by_cat = {f["category"]: f["reason"] for f in sorted(report["findings"], key=lambda f: -f["line"])
+              if f["file"] == "pkg/model.py"}  # the first line of each category
+    assert by_cat["hardcoded-device"].startswith("needs a decision: no step for this file handles hardcoded-device"
+                                                 " (see hardcoded-device)")
+    assert by_cat["compile"].startswith("harmless: only reachable on CUDA, behind the gate at line ")
     gate = [f for f in report["findings"] if f["code"] == 'if device != "cuda":']
-    assert len(gate) == 1 and "guards torch.compile" in gate[0]["reason"]
+    assert len(gate) == 1 and "torch.compile" in gate[0]["reason"] and gate[0]["reason"].startswith("harmless")
     patched = (tmp_path / "out/s/pkg/model.py").read_text().splitlines()
     assert patched[gate[0]["line"] - 1].strip() == 'if device != "cuda":'  # lines are in the patched file
     assert not any(f["category"] == "cuda-api" and "mem_get_info" in f["code"] for f in report["findings"])
@@ -93,9 +94,9 @@ def test_porter_routed_calls_and_compile_path_are_not_open_questions():
         "    import triton\n"
         '    self.f = _porter_compile_where_supported(torch.compile)(self.f, mode="reduce-overhead")\n'
     )
-    sites = [s for s in scan_source(code) if not s.in_helper]  # line 6 is porter's own routing
-    assert [(s.line, s.category) for s in sites] == [(3, "device-comparison"), (5, "cuda-only-import")]
-    assert sites[0].compile_gate and sites[1].compile_path
+    sites = scan_source(code)  # line 6 is porter's own routing
+    assert [(s.line, s.category, s.action) for s in sites] == [(3, "compile_gate", "keep"),
+                                                               (5, "custom_kernel", "keep")]
 
 
 def test_guarded_optional_import_is_harmless():
@@ -103,9 +104,9 @@ def test_guarded_optional_import_is_harmless():
 
     code = "try:\n    from flash_attn import flash_attn_func\nexcept ImportError:\n    flash_attn_func = None\nimport xformers\n"
     sites = scan_source(code)
-    assert [(s.line, s.optional_import) for s in sites] == [(2, True), (5, False)]
-    assert classify("m.py", sites[0], True, set()).startswith("harmless: an optional import")
-    assert classify("m.py", sites[1], True, set()).startswith("needs a decision")
+    assert [(s.line, s.action) for s in sites] == [(2, "keep"), (5, "decision")]
+    assert classify(sites[0], {"guard-import"}).startswith("harmless: an optional import")
+    assert classify(sites[1], {"guard-import"}).startswith("needs a decision")
 
 
 def test_upstream_branch_kept_behind_a_porter_test_is_not_reported():
@@ -118,12 +119,12 @@ def test_upstream_branch_kept_behind_a_porter_test_is_not_reported():
         "    torch.cuda.synchronize()\n"
         "torch.cuda.synchronize()\n"
     )
-    assert [(s.line, s.in_helper) for s in scan_source(code)] == [(2, True), (6, True), (7, False)]
+    assert [s.line for s in scan_source(code)] == [7]
 
 
 def test_device_assignments_with_a_cuda_literal_are_sites():
     code = 'device = get_current_accelerator() or "cuda"\nself_device = "cpu"\nname = "cuda"\n'
-    assert [(s.line, s.category) for s in scan_source(code)] == [(1, "hardcoded-device")]
+    assert [(s.line, s.category) for s in scan_source(code)] == [(1, "hardcoded_device")]
 
 
 def test_flash_attention_requests_wherever_attention_fallback_looks_for_them():
@@ -145,8 +146,8 @@ def default_attn_implementation():
     return "flash_attention_2"
 '''
     assert [(s.line, s.category) for s in scan_source(code)] == [
-        (1, "flash-attention"), (2, "flash-attention"), (3, "flash-attention"), (4, "flash-attention"),
-        (5, "flash-attention"), (14, "flash-attention"),
+        (1, "attention_backend"), (2, "attention_backend"), (3, "attention_backend"), (4, "attention_backend"),
+        (5, "attention_backend"), (14, "attention_backend"),
     ]
 
 

@@ -23,13 +23,24 @@ def example(id_: str):
     return next(ex for ex in CB.examples if ex.id == id_)
 
 
+def test_calls_behind_a_cuda_only_gate_are_left_alone_with_the_gate_line():
+    # issue 10: `if self.device != "cuda": raise` dominates both calls; npu never reaches them
+    out = run(example("voxcpm-optimize-calls-behind-the-gate-left-alone").before)
+    assert not out.changes
+    assert [(f.line, f.category) for f in out.findings] == [(9, "compile-gate"), (11, "compile-gate"),
+                                                            (12, "compile-gate")]
+    assert all("behind the gate at line 9" in f.reason for f in out.findings[1:])
+
+
 def test_every_bypassed_site_is_a_change_with_its_mode():
-    out = run(example("voxcpm-optimize-gate-kept-calls-bypassed").before)
+    text = example("voxcpm-optimize-calls-behind-the-gate-left-alone").before.replace(
+        '            if self.device != "cuda":\n                raise ValueError("VoxCPMModel can only be optimized on CUDA device")\n', "")
+    out = run(text)
     sites = [c for c in out.changes if c.before]
-    assert [(c.line, c.before) for c in sites] == [(11, "torch.compile"), (12, "torch.compile")]
+    assert [(c.line, c.before) for c in sites] == [(9, "torch.compile"), (10, "torch.compile")]
     assert all('mode="reduce-overhead" captures CUDA graphs' in c.reason for c in sites)
     assert all(c.safety.value == "npu-only" for c in out.changes)
-    assert [(f.line, f.category) for f in out.findings] == [(9, "compile-gate")]
+    assert not out.findings
 
 
 def test_gates_and_captures_are_reported():
@@ -127,7 +138,7 @@ WIDEN = all_transforms().get("widen-device-check")
 @pytest.mark.parametrize(
     "text",
     [
-        example("voxcpm-optimize-gate-kept-calls-bypassed").before,
+        example("voxcpm-optimize-calls-behind-the-gate-left-alone").before,
         example("higgs-capture-gate-left-alone").before,
         "import torch\nm = torch.compile(m) if device.type == 'cuda' else m\n",
         "def setup(self):\n    if self.device.type == 'cuda':\n        self.setup_cuda_graphs()\n",

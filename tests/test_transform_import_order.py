@@ -75,7 +75,8 @@ print(json.dumps({
 @pytest.mark.slow
 def test_under_npu_sim_transformers_loads_first_and_torch_npu_is_imported(tmp_path):
     # torch_npu imported before transformers, as seed 002's script did, plus a torch.npu user
-    upstream = "import torch\nimport torch_npu\nfrom transformers.utils import logging\n\n\n" \
+    upstream = "import torch\nimport torch_npu\nfrom torch_npu.contrib import transfer_to_npu\n" \
+               "from transformers.utils import logging\n\n\n" \
                "def npu_ready():\n    return torch.npu.is_available()\n"
     out = apply(upstream)
     assert out.text.index("import transformers") < out.text.index("import torch_npu")

@@ -8,6 +8,9 @@ from typing import Literal
 import libcst as cst
 from pydantic import BaseModel, ConfigDict, Field
 
+from libcst.metadata import PositionProvider
+
+from porter.analysis import has_sites, site_at
 from porter.transforms import _gates, _runtime
 from porter.transforms._npu_runtime import string_value as _string
 from porter.transforms._base import Example, PythonTransform, Rewriter, Safety, walk
@@ -24,6 +27,11 @@ R_GATE = (
     "for npu; widen-device-check leaves it alone (see porter/transforms/_gates.py)"
 )
 R_CAPTURE_GATED = "CUDA-graph capture behind the compile gate at line {line}: kept off on npu by that gate"
+R_DOMINATED = "harmless: only reachable on CUDA, behind the gate at line {line} that stays CUDA-only; left alone"
+R_METHOD = (
+    "nn.Module.compile() compiles in place on every device; compile-bypass cannot route a method call: "
+    "gate it on CUDA or decide"
+)
 R_CAPTURE = (
     "CUDA-graph capture not rewritten: capture/replay cannot be bypassed locally. It stays off on npu "
     "only if its callers are behind a device gate (compile gates are never widened); check them"
@@ -38,6 +46,7 @@ class _Bypass(Rewriter):
         self.apis = set(self.params.apis)
         self._wrap: dict[cst.CSTNode, str] = {}  # reference to a compile API -> reason
         self._gates: dict[cst.CSTNode, int] = {}  # compile gate -> line
+        self._dominated: set[cst.CSTNode] = set()  # compile uses only CUDA reaches (left alone)
 
     def _parent(self, node: cst.CSTNode) -> cst.CSTNode | None:
         return self._index.parent(node)
@@ -59,6 +68,8 @@ class _Bypass(Rewriter):
         for n in nodes:
             if isinstance(n, (cst.Name, cst.Attribute)):
                 self._plan_reference(n)
+            elif isinstance(n, cst.Call) and isinstance(n.func, cst.Attribute) and n.func.attr.value == "compile":
+                self._plan_method(n)
             elif isinstance(n, cst.SimpleString) and _string(n) in _CUDA_GRAPH_MODES:
                 self._plan_mode(n)
         return bool(self._wrap)  # every rewrite is planned above: with none, skip the traversal
@@ -101,6 +112,11 @@ class _Bypass(Rewriter):
                     holder.func.value == _runtime.COMPILE_WHERE_SUPPORTED
                 ):
                     return  # already bypassed
+            gate = self._dominating_gate(n)
+            if gate is not None:
+                self._dominated.add(n)
+                self.find(n, "compile-gate", R_DOMINATED.format(line=gate))
+                return
             self._wrap[n] = self._reason(n, api, parent)
             return
         if names & GRAPH_CAPTURE:
@@ -109,6 +125,31 @@ class _Bypass(Rewriter):
                 self.find(n, "compile-gate", R_CAPTURE_GATED.format(line=self._gates[gate]))
             else:
                 self.find(n, "needs-decision", R_CAPTURE)
+
+    def _analysed(self, n: cst.CSTNode):
+        if self.source is None or not has_sites(self.ctx.path, self.source, ("compile",)):
+            return None
+        start = self.meta(PositionProvider, n).start
+        return site_at(self.ctx.path, self.source, start.line, start.column, ("compile",))
+
+    def _dominating_gate(self, n: cst.CSTNode) -> int | None:
+        """The line of a CUDA-only gate that dominates this compile site (the analysis's verdict:
+        an early `if device != "cuda": raise`, an `if` on the device), else None."""
+        site = self._analysed(n)
+        if site is None or site.action != "keep" or not site.context.startswith("line "):
+            return None
+        return int(site.context[5:].split(":", 1)[0])
+
+    def _plan_method(self, call: cst.Call) -> None:
+        """`model.compile(...)` / `self.compile(...)`: nn.Module.compile, in place; reported."""
+        site = self._analysed(call)
+        if site is None or site.kind != "method":
+            return
+        self._dominated.add(call.func)  # its mode= is not a setting left elsewhere
+        if site.action == "keep" and site.context.startswith("line "):
+            self.find(call, "compile-gate", R_DOMINATED.format(line=site.context[5:].split(":", 1)[0]))
+        elif site.action == "decision":
+            self.find(call, "needs-decision", R_METHOD)
 
     def _reason(self, n: cst.CSTNode, api: str, parent: cst.CSTNode | None) -> str:
         short = api.rsplit(".", 1)[-1]
@@ -142,7 +183,7 @@ class _Bypass(Rewriter):
 
     def _bypasses(self, node: cst.CSTNode) -> bool:
         """`node` is a compile API porter wraps, or was wrapped by an earlier run."""
-        if node in self._wrap:
+        if node in self._wrap or node in self._dominated:
             return True
         if isinstance(node, cst.Call) and isinstance(node.func, cst.Name):
             return node.func.value == _runtime.COMPILE_WHERE_SUPPORTED
@@ -222,9 +263,10 @@ class CompileBypass(PythonTransform):
     rewriter = _Bypass
     examples = [
         Example(
-            id="voxcpm-optimize-gate-kept-calls-bypassed",
-            note="voxcpm optimize(): the gate stays CUDA-only (a compile gate, reported); each compile call is "
-            "bypassed on npu as well, so npu runs eagerly even if a recipe widens the gate by hand",
+            id="voxcpm-optimize-calls-behind-the-gate-left-alone",
+            note="voxcpm optimize(): the gate `if self.device != 'cuda': raise` stays CUDA-only (a compile gate) and "
+            "dominates every compile call after it, so npu never reaches them: nothing is rewritten, the gate and "
+            "each call are reported as harmless with the gate's line",
             before=(
                 "import sys\n"
                 "import torch\n"
@@ -245,26 +287,6 @@ class CompileBypass(PythonTransform):
                 "        except Exception as e:\n"
                 "            print(f\"Warning: torch.compile disabled - {e}\", file=sys.stderr)\n"
                 "        return self\n"
-            ),
-            after=_runtime.with_helpers(
-                "import sys\nimport torch\n",
-                _HELPERS,
-                "class Model:\n"
-                "    def optimize(self, disable: bool = False):\n"
-                "        if disable:\n"
-                "            return self\n"
-                "        try:\n"
-                "            if self.device != \"cuda\":\n"
-                "                raise ValueError(\"VoxCPMModel can only be optimized on CUDA device\")\n"
-                f"            self.step = {_CWS}(torch.compile)(self.step, mode=\"reduce-overhead\", fullgraph=True)\n"
-                f"            self.decoder = {_CWS}(torch.compile)(\n"
-                "                self.decoder,  # the LocDiT estimator\n"
-                "                mode=\"reduce-overhead\",\n"
-                "                fullgraph=True,\n"
-                "            )\n"
-                "        except Exception as e:\n"
-                "            print(f\"Warning: torch.compile disabled - {e}\", file=sys.stderr)\n"
-                "        return self\n",
             ),
         ),
         Example(

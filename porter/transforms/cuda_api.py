@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 
 import libcst as cst
+from libcst.metadata import PositionProvider
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from porter.analysis import has_sites, site_at
 from porter.transforms._base import Example, PythonTransform, Rewriter, Safety, walk
 from porter.transforms._npu_runtime import (
     CUDA_OR_NPU,
@@ -80,6 +82,21 @@ class _Rewrite(Rewriter):
             return f"torch.cuda.{name} has no npu counterpart in torch_npu {self.data.version}'s transfer_to_npu"
         return None
 
+    def kept_by_analysis(self, node: cst.Call) -> str | None:
+        """Why the analysis keeps this call CUDA-only (a CUDA-only property read from its result,
+        such as `get_device_properties(d).major`), else None."""
+        if self.source is None or not has_sites(self.ctx.path, self.source, ("cuda_api",), ("keep",)):
+            return None
+        start = self.meta(PositionProvider, node).start
+        site = site_at(self.ctx.path, self.source, start.line, start.column, ("cuda_api",))
+        if site is None or site.action != "keep":
+            return None
+        if site.reason.startswith("harmless: only reachable on CUDA"):
+            return site.reason + "; left alone"
+        if site.reason.startswith("harmless"):
+            return None
+        return f"kept CUDA-only: {site.reason}"
+
     def owned_elsewhere(self, name: str) -> bool:
         return name.split(".")[0] in OWNED_ELSEWHERE
 
@@ -101,7 +118,7 @@ class _Rewrite(Rewriter):
         name = self.cuda_name(original_node.func)
         if name is None or self.owned_elsewhere(name):
             return updated_node
-        reason = self.why_not(name)
+        reason = self.why_not(name) or self.kept_by_analysis(original_node)
         if reason is not None:
             self.find(original_node, "cuda-api", reason)
             return updated_node

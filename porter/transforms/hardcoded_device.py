@@ -7,6 +7,7 @@ import re
 import libcst as cst
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from porter.analysis import cuda_only_gate, has_cuda_only_paths
 from porter.transforms._base import Example, PythonTransform, Rewriter, Safety, walk
 from porter.transforms._npu_runtime import (
     CUDA_OR_NPU,
@@ -34,6 +35,8 @@ _STR_METHODS = {"startswith", "endswith", "replace", "split", "rsplit", "partiti
                 "count", "strip", "lstrip", "rstrip", "removeprefix", "removesuffix"}
 _CLI_OPTION = {"add_argument", "option", "Option"}
 
+
+R_CUDA_ONLY = "harmless: only reachable on CUDA, behind the gate at line {line} that stays CUDA-only; left alone"
 
 class _Rewrite(Rewriter):
 
@@ -189,6 +192,8 @@ class _Rewrite(Rewriter):
                 self.find(original, "hardcoded-device",
                           "CUDA device string in a place porter does not recognise as a device; left as is")
             return updated
+        if self._cuda_only(original):
+            return updated
         need_npu_available(self)
         parent = self.parent(original)
         result = runtime_device(original, updated, parent)
@@ -219,6 +224,8 @@ class _Rewrite(Rewriter):
             self.find(original_node, "hardcoded-device",
                       ".cuda() called on an imported name (module or class), not on a tensor or model")
             return updated_node
+        if self._cuda_only(original_node):
+            return updated_node
         helper = need_move(self)
         new_func = updated_node.func
         assert isinstance(new_func, cst.Attribute)
@@ -234,6 +241,15 @@ class _Rewrite(Rewriter):
         result = updated_node.with_changes(func=cst.Name(helper), args=[first, *updated_node.args])
         return self.record(original_node, result,
                            ".cuda(): the same call on CUDA and CPU hosts, .npu() with the same arguments on npu")
+
+    def _cuda_only(self, node: cst.CSTNode) -> bool:
+        """Only CUDA reaches `node` (behind a gate the analysis keeps CUDA-only): reported, left alone."""
+        if self.source is None or not has_cuda_only_paths(self.ctx.path, self.source):
+            return False
+        gate = cuda_only_gate(self.ctx.path, self.source, self.line_of(node)[0])
+        if gate is not None:
+            self.find(node, "hardcoded-device", R_CUDA_ONLY.format(line=gate))
+        return gate is not None
 
     def _owned_elsewhere(self, node: cst.CSTNode) -> bool:
         """Literals other transforms handle: comparisons (widen-device-check), autocast device types."""

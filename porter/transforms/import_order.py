@@ -51,6 +51,16 @@ def _imported_modules(stmt: cst.CSTNode) -> list[str]:
     return out
 
 
+def _is_import_statement(stmt: cst.CSTNode) -> bool:
+    """A statement that only imports (`import x`, `from x import y`, or try/except around imports)."""
+    if isinstance(stmt, cst.SimpleStatementLine):
+        return all(isinstance(s, (cst.Import, cst.ImportFrom, cst.Pass)) for s in stmt.body)
+    if isinstance(stmt, cst.Try):
+        blocks = [stmt.body, *(h.body for h in stmt.handlers)]
+        return all(_is_import_statement(s) for b in blocks for s in b.body)
+    return False
+
+
 def _is_or_under(module: str, package: str) -> bool:
     return module == package or module.startswith(package + ".")
 
@@ -76,20 +86,33 @@ class _Rewrite(Rewriter):
         group: list[tuple[cst.BaseStatement, str]] = []  # inserted at npu_at, in this order
 
         guard = npu_at is None and self.params.guard and self._uses_npu(original_node)
-        if guard:
-            npu_at = _after_imports(body)
-        if npu_at is not None:
+        if transfer_at is not None and npu_at is not None:
+            # Only transfer_to_npu patches these packages; a plain torch_npu import needs no order.
             for pkg in self.params.first:
                 if any(_is_or_under(m, pkg) for mods in imports[:npu_at] for m in mods):
                     continue
-                if any(_is_or_under(m, pkg) for mods in imports[npu_at:] for m in mods):
+                pkg_at = next((i for i in range(npu_at, len(body)) if any(_is_or_under(m, pkg) for m in imports[i])),
+                              None)
+                if pkg_at is not None:
+                    blocker = next((i for i in range(npu_at, pkg_at) if not _is_import_statement(body[i])), None)
+                    if blocker is not None:
+                        # never move an import above a statement it may depend on (env vars, sys.path,
+                        # warnings filters, backend settings, monkeypatches)
+                        stmt = original_node.body[blocker]
+                        self.find(original_node.body[pkg_at], "import-order",
+                                  f"{pkg} must be imported before torch_npu's transfer_to_npu, but moving its import "
+                                  f"above line {self.line_of(stmt)[0]} (`{self.code(stmt).strip().splitlines()[0][:80]}`) "
+                                  f"could change what {pkg} sees at import; reorder by hand")
+                        continue
                     group.append((cst.parse_statement(FIRST.format(pkg=pkg)),
                                   f"{pkg} is imported before torch_npu (seed 002: torch_npu's transfer_to_npu patches "
                                   f"{pkg} and changes sys.path, so a later import of {pkg} picks up the wrong one)"))
-                elif transfer_at is not None:
+                else:
                     self.find(original_node.body[transfer_at], "import-order",
                               f"torch_npu.contrib.transfer_to_npu is imported here but {pkg} is not imported before "
                               f"it in this module; import {pkg} first in the program's entry point")
+        if guard:
+            npu_at = _after_imports(body)
         if guard:
             group.append((cst.parse_statement(GUARD),
                           "this module calls torch.npu APIs: import torch_npu where it is installed "
@@ -129,11 +152,14 @@ class _Rewrite(Rewriter):
 class ImportOrder(PythonTransform):
     """Packages that must load before torch_npu are imported first; torch.npu users import torch_npu.
 
-    1. Where a module imports `torch_npu` or `torch_npu.contrib.transfer_to_npu` at import time,
-       each package in `first` (default: transformers) that the module imports later at the top
-       level gets an `import <pkg>` just before it. Seed 002 (CSM-1B): transfer_to_npu wraps
-       transformers functions and changes sys.path, so transformers must be imported before it.
-       A transfer_to_npu import with no top-level import of the package is a finding.
+    1. Where a module imports `torch_npu.contrib.transfer_to_npu` at import time, each package in
+       `first` (default: transformers) that the module imports later at the top level gets an
+       `import <pkg>` just before its first torch_npu import. Seed 002 (CSM-1B): transfer_to_npu
+       wraps transformers functions and changes sys.path, so transformers must be imported before
+       it. A plain `import torch_npu` needs no order. An import never moves above a statement it
+       may depend on (environment variables, sys.path, warnings filters, backend settings,
+       monkeypatches): when anything but imports stands between, it is a finding instead, as is a
+       transfer_to_npu import with no top-level import of the package.
     2. A module that calls `torch.npu` APIs (after cuda-api and friends ran, their helpers do) and
        has no import of torch_npu that runs at import time gets
        `try: import torch_npu / except ImportError: pass` after its imports: on Ascend it makes
@@ -168,11 +194,13 @@ class ImportOrder(PythonTransform):
         Example(
             id="seed002-transformers-before-torch-npu",
             before=(
-                "import torch\nimport torch_npu\nfrom transformers import AutoProcessor, CsmForConditionalGeneration\n\n"
+                "import torch\nimport torch_npu\nfrom torch_npu.contrib import transfer_to_npu\n"
+                "from transformers import AutoProcessor, CsmForConditionalGeneration\n\n"
                 "model = CsmForConditionalGeneration.from_pretrained(path)\n"
             ),
             after=(
-                f"import torch\n{T}import torch_npu\nfrom transformers import AutoProcessor, CsmForConditionalGeneration\n\n"
+                f"import torch\n{T}import torch_npu\nfrom torch_npu.contrib import transfer_to_npu\n"
+                "from transformers import AutoProcessor, CsmForConditionalGeneration\n\n"
                 "model = CsmForConditionalGeneration.from_pretrained(path)\n"
             ),
         ),
@@ -207,15 +235,30 @@ class ImportOrder(PythonTransform):
             note="the helpers that cuda-api, hardcoded-device and autocast-device write read torch.npu",
         ),
         Example(
-            id="guard-aliased-torch-and-later-transformers",
+            id="guard-aliased-torch-transformers-not-moved",
             before=(
                 "\"\"\"Runtime.\"\"\"\nimport torch as t\n\nlogger = make_logger()\n\nfrom transformers import AutoModel\n\n\n"
                 "def sync():\n    t.npu.synchronize()\n"
             ),
             after=(
-                f"\"\"\"Runtime.\"\"\"\nimport torch as t\n{T}{GUARD}\nlogger = make_logger()\n\nfrom transformers import AutoModel\n\n\n"
+                f"\"\"\"Runtime.\"\"\"\nimport torch as t\n{GUARD}\nlogger = make_logger()\n\nfrom transformers import AutoModel\n\n\n"
                 "def sync():\n    t.npu.synchronize()\n"
             ),
+            note="a plain torch_npu import needs no order (only transfer_to_npu patches transformers), and "
+            "transformers is never moved above `logger = make_logger()`, a statement it may depend on",
+        ),
+        Example(
+            id="never-above-an-environment-setting",
+            note="transformers reads HF_HOME at import: moving it above the assignment changes behaviour on "
+            "every host; reported instead",
+            before=(
+                "import os\nimport torch_npu\nfrom torch_npu.contrib import transfer_to_npu\n\n"
+                "os.environ[\"HF_HOME\"] = \"/data/hf\"\nimport transformers\n"
+            ),
+        ),
+        Example(
+            id="plain-torch-npu-left-alone",
+            before="import torch\nimport torch_npu\nfrom transformers import AutoModel\n",
         ),
         Example(
             id="already-in-order-left-alone",

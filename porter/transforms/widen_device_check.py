@@ -5,13 +5,16 @@ from __future__ import annotations
 import re
 
 import libcst as cst
+from libcst.metadata import PositionProvider
 from pydantic import BaseModel, ConfigDict, Field
 
+from porter.analysis import Site, has_sites, site_at
 from porter.transforms._base import Example, PythonTransform, Rewriter, Safety
 from porter.transforms._gates import enclosing_gate
 from porter.transforms._npu_runtime import string_value as _value
 
 _CUDA = re.compile(r"^cuda(:\d+)?$")
+_DEVICE_CATEGORIES = ("device_check", "compile_gate", "kernel_gate")
 
 
 def _string_like(template: cst.SimpleString, value: str) -> cst.SimpleString:
@@ -34,12 +37,32 @@ class _Widen(Rewriter):
                       for v in items[:-1]] + [cst.Element(items[-1])],
         )
 
-    def _gated(self, node: cst.CSTNode) -> bool:
-        """True when `node` sits in the test of a compile or flash-attention gate (see _gates):
-        widening those would switch compile on for npu, or send npu tensors to CUDA kernels."""
-        if not self.params.skip_compile_gates:
+    def _gated(self, node: cst.CSTNode, anchor: cst.CSTNode | None = None) -> bool:
+        """True when the analysis (porter/analysis.py) does not classify the comparison as a rewrite:
+        a compile or kernel gate, a comparison paired with a CUDA-only property, a branch that asserts
+        CUDA or needs CUDA-only state. Kept sites this transform owns become findings."""
+        assert self.source is not None
+        kept = has_sites(self.ctx.path, self.source, _DEVICE_CATEGORIES)
+        if kept is False:
+            return False  # every device check in this file is a rewrite: no position lookup needed
+        site = None if kept is None else self._site(anchor if anchor is not None else node)
+        if site is None:  # ast could not read the file (newer syntax): the libcst gate definitions
+            return self.params.skip_compile_gates and enclosing_gate(node, self.parent) is not None
+        if site.action == "rewrite":
             return False
-        return enclosing_gate(node, self.parent) is not None
+        if site.category in ("compile_gate", "kernel_gate") and not self.params.skip_compile_gates:
+            return False
+        if site.transform == self.transform.name:
+            verdict = "needs a decision" if site.action == "decision" else "kept CUDA-only"
+            self.find(node, "device-comparison" if site.action == "keep" else "needs-decision",
+                      f"{verdict}: {site.reason}" + (f" ({site.context})" if site.context.startswith("line") else ""))
+        return True
+
+    def _site(self, anchor: cst.CSTNode) -> Site | None:
+        if self.source is None:
+            return None
+        start = self.meta(PositionProvider, anchor).start
+        return site_at(self.ctx.path, self.source, start.line, start.column, _DEVICE_CATEGORIES)
 
     def leave_Comparison(self, original: cst.Comparison, updated: cst.Comparison) -> cst.BaseExpression:
         if len(updated.comparisons) != 1:
@@ -58,7 +81,8 @@ class _Widen(Rewriter):
                 subject, literal, value = right, left, lit_left
             else:
                 return updated
-            if self._gated(original):
+            anchor = original.comparisons[0].comparator if literal is right else original.left
+            if self._gated(original, anchor):
                 return updated
             assert isinstance(literal, cst.SimpleString)
             new_op: cst.BaseCompOp = (
@@ -78,7 +102,11 @@ class _Widen(Rewriter):
             values = [_value(e.value) for e in right.elements]
             cudas = [v for v in values if v is not None and _CUDA.match(v)]
             missing = [d for v in cudas for d in self._devices_for(v) if d not in values]
-            if not cudas or not missing or self._gated(original):
+            if not cudas or not missing:
+                return updated
+            first = next(e.value for e in original.comparisons[0].comparator.elements  # type: ignore[attr-defined]
+                         if _value(e.value) in cudas)
+            if self._gated(original, first):
                 return updated
             literal = next(e.value for e in right.elements if _value(e.value) in cudas)
             assert isinstance(literal, cst.SimpleString)
@@ -96,7 +124,7 @@ class _Widen(Rewriter):
 
         # "cuda" in str(d): substring test on a device string
         if isinstance(op, cst.In) and lit_left is not None and _CUDA.match(lit_left):
-            if self._already_or(original) or self._gated(original):
+            if self._already_or(original) or self._gated(original, original.left):
                 return updated
             assert isinstance(left, cst.SimpleString)
             alternatives = [updated] + [
@@ -127,7 +155,7 @@ class _Widen(Rewriter):
         value = _value(arg.value)
         if value is None or not _CUDA.match(value) or arg.keyword is not None:
             return updated
-        if self._gated(original):
+        if self._gated(original, original.args[0].value):
             return updated
         assert isinstance(arg.value, cst.SimpleString)
         result = updated.with_changes(
@@ -137,7 +165,7 @@ class _Widen(Rewriter):
 
     def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute) -> cst.BaseExpression:
         # x.is_cuda -> x.device.type in ("cuda", "npu")  (x.is_npu does not exist on CUDA hosts)
-        if updated.attr.value != "is_cuda" or self._is_assign_target(original) or self._gated(original):
+        if updated.attr.value != "is_cuda" or self._is_assign_target(original) or self._gated(original, original):
             return updated
         devices = ", ".join(f'"{d}"' for d in ["cuda", *self.params.devices])
         result = cst.parse_expression(f"(_.device.type in ({devices}))").with_changes()

@@ -1,0 +1,926 @@
+"""One analysis of the CUDA-specific sites in a Python file, read by the transforms and the scan.
+
+A single `ast` pass per file (Python's own parser: ~10x faster than libcst, ~100x faster than its
+qualified-name analysis) finds every CUDA-specific site with its context and classifies it once:
+
+* `rewrite`  -- a transform (`Site.transform`) rewrites it and can show CUDA/CPU behaviour unchanged;
+* `keep`     -- it must stay CUDA-only (a gate for compilation, CUDA graphs, custom kernels or
+                flash-attention; a CUDA-only property), or it is harmless where it is (only
+                reachable behind such a gate, an optional import);
+* `decision` -- porter cannot show that rewriting is safe: a human decides, the report says why.
+
+The context a device comparison is judged by:
+
+* the boolean expression it sits in: an `and`/`or` operand that reads a CUDA-only property
+  (`torch.cuda.get_device_properties(d).major`, capability) keeps the comparison CUDA-only;
+* the call it is an argument of and the keyword (`prepare(compile=... "cuda" in str(device))`);
+* the name it is assigned to (`use_cuda_kernel = ...`) and where that name flows in its function
+  (an `if` it guards, a keyword it is passed as);
+* the branch it guards, read on the CUDA side: compiles or captures CUDA graphs (compile gate),
+  builds or runs custom kernels / flash-attention (kernel gate), asserts or raises on CUDA's
+  absence, or reads state that is only built when `torch.cuda.is_available()` (decisions).
+
+Sites that only CUDA can reach (inside the CUDA side of a gate that stays CUDA-only, or after an
+early `if device != "cuda": raise`) are `keep`, harmless, with the gate's line as context.
+
+Public contract (porter scan / init, the corpus audits): `Site`, `analyse_source`, `analyse_tree`.
+Categories are AUDIT.md's.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+CATEGORIES = (
+    "device_check", "compile_gate", "kernel_gate", "hardcoded_device", "cuda_api", "autocast", "compile",
+    "attention_backend", "cuda_only_import", "custom_kernel", "dtype", "other",
+)
+ACTIONS = ("rewrite", "keep", "decision")
+
+PREFILTER = re.compile(
+    r"cuda|flash_attn|flash_attention|compile|CUDAGraph|triton|apex|xformers|deepspeed|grouped_gemm|nccl|autocast"
+    r"|cpp_extension|transformer_engine|vllm"
+)
+CUDA_ONLY_MODULES = ("flash_attn", "triton", "apex", "xformers", "deepspeed", "grouped_gemm", "nccl", "cupy",
+                     "pynvml", "bitsandbytes", "vllm", "mamba_ssm", "causal_conv1d", "transformer_engine")
+_KERNEL_MODULES = ("triton", "apex", "xformers", "vllm", "mamba_ssm", "causal_conv1d", "transformer_engine",
+                   "flash_attn", "grouped_gemm", "torch.utils.cpp_extension", "cupy")
+_FLASH_MODULES = ("flash_attn", "xformers", "transformer_engine", "vllm")
+_CUDA = re.compile(r"^cuda(:\d+)?$")
+_DEVICE_KWARGS = {"device", "map_location", "device_map", "device_type", "default_device"}
+_ATTN_KEY = re.compile(r"(?:^|_)attn_implementation$")
+_RETURNS_IMPLEMENTATION = re.compile(r"attn_implementation|attention_implementation")
+COMPILE_APIS = frozenset({
+    "torch.compile", "torch._dynamo.optimize", "torch.cuda.graph", "torch.cuda.CUDAGraph",
+    "torch.cuda.make_graphed_callables", "torch.cuda.graphs.graph", "torch.cuda.graphs.CUDAGraph",
+    "torch.cuda.graphs.make_graphed_callables",
+})
+_GRAPH_CAPTURE = frozenset({"torch.cuda.graph", "torch.cuda.CUDAGraph", "torch.cuda.graphs.graph",
+                            "torch.cuda.graphs.CUDAGraph"})
+_NOT_COMPILE_RECEIVERS = {"re", "regex"}
+_COMPILE_TOKENS = {"compile", "compiled", "capture", "cudagraph", "cudagraphs", "graphed", "dynamo", "inductor"}
+_KERNEL_TOKENS = {"kernel", "kernels", "ext", "extension", "extensions", "cpp", "nvcc", "triton", "cutlass",
+                  "cublas", "cudnn", "apex", "jit"}
+_FLASH_TOKENS = {"flash", "xformers", "fa2", "fa3", "te", "vllm"}
+_CUDA_ONLY_ATTRS = {"major", "minor"}
+_CUDA_ONLY_CALLS = {"torch.cuda.get_device_capability", "torch.cuda.get_device_properties"}
+_MESSAGE_COMPILE = re.compile(r"compil|cuda ?graph|cudagraph|graph capture", re.I)
+_MESSAGE_FLASH = re.compile(r"flash", re.I)
+_MESSAGE_CUDA = re.compile(r"\bcuda\b|\bgpu\b|nvidia", re.I)
+
+
+@dataclass(frozen=True)
+class Site:
+    """One CUDA-specific site and what a correct dual-backend port does with it."""
+
+    file: str  # posix path relative to the tree root
+    line: int
+    end_line: int
+    category: str  # one of CATEGORIES (AUDIT.md)
+    action: str  # "rewrite" | "keep" | "decision"
+    transform: str  # the transform that owns the site ("" when no transform handles it)
+    code: str  # the stripped source line
+    reason: str  # one sentence
+    context: str = ""  # the gate / expression / keyword the classification rests on
+    col: int = 0  # 0-based character column of the site's anchor (the "cuda" literal, `is_cuda`, the call)
+    anchor_line: int = 0  # line of the anchor (transforms look sites up by (anchor_line, col))
+    kind: str = ""  # finer shape: "compare", "startswith", "is_cuda", "call", "import", "default", ...
+    ported: bool = False  # inside code porter wrote (a `_porter_*` helper or the branch it kept)
+
+
+# -- names ---------------------------------------------------------------------------------------------
+def _dotted(node: ast.AST) -> str | None:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+        return ".".join(reversed(parts))
+    return None
+
+
+def _tokens(name: str) -> set[str]:
+    name = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name)
+    return {t for t in re.split(r"[_.\W]+", name.lower()) if t}
+
+
+def compile_hint(name: str) -> bool:
+    tokens = _tokens(name)
+    return bool(tokens & _COMPILE_TOKENS or ("cuda" in tokens and tokens & {"graph", "graphs"}))
+
+
+def kernel_hint(name: str) -> bool:
+    return bool(_tokens(name) & _KERNEL_TOKENS)
+
+
+def flash_hint(name: str) -> bool:
+    return bool(_tokens(name) & _FLASH_TOKENS) or "flash" in name.lower()
+
+
+def _str(node: ast.AST | None) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def _is_cuda_literal(node: ast.AST) -> bool:
+    value = _str(node)
+    if value is not None:
+        return bool(_CUDA.match(value))
+    return _cuda_fstring(node)
+
+
+def _cuda_fstring(node: ast.AST) -> bool:
+    """f"cuda:{rank}" / f"cuda" (a JoinedStr naming a CUDA device)."""
+    if not isinstance(node, ast.JoinedStr) or not node.values:
+        return False
+    first = node.values[0]
+    text = _str(first)
+    if text is None:
+        return False
+    rest = node.values[1:]
+    return (text == "cuda:" and len(rest) == 1 and isinstance(rest[0], ast.FormattedValue)) or (
+        bool(_CUDA.match(text)) and not rest)
+
+
+class _Names:
+    """A light resolver of import aliases: local name -> qualified name (module-wide, like pyupgrade)."""
+
+    def __init__(self, nodes: Iterable[ast.AST]) -> None:
+        self.aliases: dict[str, str] = {}
+        for n in nodes:
+            if isinstance(n, ast.Import):
+                for a in n.names:
+                    if a.asname:
+                        self.aliases[a.asname] = a.name
+                    else:
+                        root = a.name.split(".")[0]
+                        self.aliases.setdefault(root, root)
+            elif isinstance(n, ast.ImportFrom) and n.level == 0 and n.module:
+                for a in n.names:
+                    if a.name != "*":
+                        self.aliases[a.asname or a.name] = f"{n.module}.{a.name}"
+
+    def qualify(self, node: ast.AST) -> str | None:
+        name = _dotted(node)
+        if name is None:
+            return None
+        head, _, rest = name.partition(".")
+        base = self.aliases.get(head)
+        return (base + ("." + rest if rest else "")) if base else None
+
+
+# -- the analysis ---------------------------------------------------------------------------------------
+class _Analysis:
+    def __init__(self, path: str, text: str, tree: ast.Module) -> None:
+        self.path = path
+        self.text = text
+        self.lines = text.splitlines()
+        self.tree = tree
+        # one walk: every node in breadth-first order, and each node's parent
+        self.parent: dict[ast.AST, ast.AST] = {}
+        self.nodes: list[ast.AST] = [tree]
+        for node in self.nodes:  # grows while it is read
+            for child in ast.iter_child_nodes(node):
+                self.parent[child] = node
+                self.nodes.append(child)
+        self.names = _Names(self.nodes)
+        self.sites: list[Site] = []
+        self._seen: set[tuple[int, int, str]] = set()
+        self.ported_nodes = self._ported()
+        self.cuda_state = self._cuda_state()
+        self.props_names = self._props_names()
+        self.kept_paths: list[tuple[int, int, int]] = []  # (first, last, gate line) only CUDA reaches
+        self.optional = self._optional_imports()
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def col(self, node: ast.AST) -> int:
+        line = self.lines[node.lineno - 1] if 0 < node.lineno <= len(self.lines) else ""
+        return len(line.encode("utf-8")[: node.col_offset].decode("utf-8", "replace"))
+
+    def code(self, line: int) -> str:
+        return self.lines[line - 1].strip()[:160] if 0 < line <= len(self.lines) else ""
+
+    def ancestors(self, node: ast.AST) -> Iterator[ast.AST]:
+        p = self.parent.get(node)
+        while p is not None:
+            yield p
+            p = self.parent.get(p)
+
+    def _ported(self) -> set[ast.AST]:
+        """Nodes inside code porter wrote: `_porter_*` functions, calls routed through them, and the
+        branch a porter test keeps for upstream (`"npu" if _porter_npu_available() else <upstream>`)."""
+        out: set[ast.AST] = set()
+
+        def mark(n: ast.AST) -> None:
+            out.update(ast.walk(n))
+
+        for n in self.nodes:
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name.startswith("_porter_"):
+                mark(n)
+            elif isinstance(n, ast.Call):
+                inner = n.func.func if isinstance(n.func, ast.Call) else n.func
+                if isinstance(inner, ast.Name) and inner.id.startswith("_porter_"):
+                    mark(n)
+            elif isinstance(n, (ast.If, ast.IfExp)) and _porter_test(n.test):
+                for part in (n.orelse if isinstance(n.orelse, list) else [n.orelse]):
+                    mark(part)
+        return out
+
+    def _cuda_state(self) -> set[str]:
+        """Names (`x`, `self.x`) bound only when torch.cuda.is_available() holds."""
+        out: set[str] = set()
+        for n in self.nodes:
+            built: list[ast.AST] = []
+            if not isinstance(n, ast.If) or not self._tests_cuda_available(n.test):
+                continue
+            negated = any(_negated(x) and self._tests_cuda_available(x) for x in ast.walk(n.test))
+            if not negated:
+                built = list(n.body)
+            elif n.body and isinstance(n.body[-1], (ast.Return, ast.Raise)):
+                built = self._following(n)  # `if not torch.cuda.is_available(): return` then the CUDA state
+            if built:
+                for s in built:
+                    for t in ast.walk(s):
+                        if isinstance(t, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                            for tgt in (t.targets if isinstance(t, ast.Assign) else [t.target]):
+                                name = _dotted(tgt)
+                                if name:
+                                    out.add(name)
+        return out
+
+    def _tests_cuda_available(self, test: ast.AST) -> bool:
+        return any(isinstance(c, ast.Call) and self.names.qualify(c.func) == "torch.cuda.is_available"
+                   for c in ast.walk(test))
+
+    def _optional_imports(self) -> set[ast.AST]:
+        out: set[ast.AST] = set()
+        for n in self.nodes:
+            if isinstance(n, ast.Try) and any(
+                h.type is None or re.search(r"ImportError|Exception|ModuleNotFoundError", ast.unparse(h.type))
+                for h in n.handlers
+            ):
+                for s in n.body:
+                    out.update(x for x in ast.walk(s) if isinstance(x, (ast.Import, ast.ImportFrom)))
+        return out
+
+    def add(self, node: ast.AST, category: str, action: str, transform: str, reason: str,
+            context: str = "", kind: str = "", anchor: ast.AST | None = None) -> None:
+        anchor = anchor or node
+        line = node.lineno
+        key = (anchor.lineno, self.col(anchor), category)
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        self.sites.append(Site(
+            file=self.path, line=line, end_line=getattr(node, "end_lineno", None) or line, category=category,
+            action=action, transform=transform, code=self.code(line), reason=reason, context=context,
+            col=self.col(anchor), anchor_line=anchor.lineno, kind=kind, ported=anchor in self.ported_nodes,
+        ))
+
+    # -- effects of a block -------------------------------------------------------------------------
+    def effects(self, nodes: Iterable[ast.AST]) -> dict[str, str]:
+        """What code does, by kind -> an example line: compile, kernel, flash, assert_cuda,
+        cuda_only (CUDA-only properties), cuda_state (state built only when CUDA is available)."""
+        out: dict[str, str] = {}
+        for root in nodes:
+            for n in ast.walk(root):
+                kind = self._effect(n)
+                if kind and kind not in out:
+                    out[kind] = f"line {getattr(n, 'lineno', 0)}: {self.code(getattr(n, 'lineno', 0))}"
+        return out
+
+    def _effect(self, n: ast.AST) -> str | None:
+        if isinstance(n, ast.Call):
+            q = self.names.qualify(n.func) or ""
+            if q in COMPILE_APIS or self._is_method_compile(n):
+                return "compile"
+            last = (_dotted(n.func) or "").rsplit(".", 1)[-1]
+            if q.startswith("torch.utils.cpp_extension") or any(q == m or q.startswith(m + ".") for m in _KERNEL_MODULES if m not in _FLASH_MODULES):
+                return "kernel"
+            if any(q == m or q.startswith(m + ".") for m in _FLASH_MODULES):
+                return "flash"
+            if last and last not in ("compile",) and compile_hint(last) and q not in ("re.compile",):
+                return "compile"
+            if last and flash_hint(last):
+                return "flash"
+            if last and re.search(r"kernel|load_inline|cpp_extension|build_ext", last, re.I) and not (
+                    q.startswith("torch.") and not q.startswith("torch.utils.cpp_extension")):
+                return "kernel"  # torch's own kernel selection (sdp_kernel) is not a custom kernel
+            if q in _CUDA_ONLY_CALLS and q.endswith("capability"):
+                return "cuda_only"
+        elif isinstance(n, ast.Attribute):
+            if n.attr in _CUDA_ONLY_ATTRS and self._device_properties(n.value):
+                return "cuda_only"
+            name = _dotted(n)
+            if name and name in self.cuda_state and isinstance(n.ctx, ast.Load):
+                return "cuda_state"
+            q = self.names.qualify(n) or ""
+            if q in COMPILE_APIS:
+                return "compile"
+        elif isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load):
+            if n.id in self.cuda_state:
+                return "cuda_state"
+            q = self.names.qualify(n) or ""
+            if q in COMPILE_APIS:
+                return "compile"
+        elif isinstance(n, ast.Raise) and n.exc is not None:
+            words = " ".join(_str(c) or "" for c in ast.walk(n.exc))
+            if re.search(r"\bcuda\b", words, re.I) and re.search(r"avail|requir|not|only|need", words, re.I):
+                return "assert_cuda"  # raises on CUDA's absence
+        elif isinstance(n, ast.Assert):
+            if self._tests_cuda_available(n.test) or _MESSAGE_CUDA.search(ast.unparse(n.msg) if n.msg else ""):
+                return "assert_cuda"
+        elif isinstance(n, ast.Constant) and n.value in ("flash_attention_2", "flash_attention_3"):
+            if not isinstance(self.parent.get(n), ast.Compare):
+                return "flash"
+        return None
+
+    def _is_method_compile(self, call: ast.Call) -> bool:
+        """`model.compile(...)` / `self.compile(...)` (nn.Module.compile), never re.compile / builtin."""
+        func = call.func
+        if not (isinstance(func, ast.Attribute) and func.attr == "compile"):
+            return False
+        receiver = _dotted(func.value)
+        if receiver is not None and (receiver in _NOT_COMPILE_RECEIVERS or self.names.qualify(func.value) in (
+                "re", "regex")):
+            return False
+        if isinstance(func.value, ast.Call):  # re.compile-like factories rarely chain; str(x).compile no
+            return True
+        return self.names.qualify(func) not in ("re.compile", "regex.compile")
+
+    def _device_properties(self, node: ast.AST) -> bool:
+        """torch.cuda.get_device_properties(...) / a name bound to it / get_device_capability(...)."""
+        if isinstance(node, ast.Call):
+            return (self.names.qualify(node.func) or "") in _CUDA_ONLY_CALLS
+        return _dotted(node) in self.props_names
+
+    def _bound_and_read_for_capability(self, call: ast.Call) -> bool:
+        """`props = torch.cuda.get_device_properties(d)` and `props.major` read somewhere in the file."""
+        p = self.parent.get(call)
+        if not isinstance(p, ast.Assign) or p.value is not call:
+            return False
+        bound = {x for t in p.targets if (x := _dotted(t))}
+        return any(isinstance(n, ast.Attribute) and n.attr in _CUDA_ONLY_ATTRS and _dotted(n.value) in bound
+                   for n in self.nodes)
+
+    def _props_names(self) -> set[str]:
+        out = set()
+        for n in self.nodes:
+            if isinstance(n, ast.Assign) and isinstance(n.value, ast.Call) and (
+                    self.names.qualify(n.value.func) or "") in _CUDA_ONLY_CALLS:
+                out.update(x for t in n.targets if (x := _dotted(t)))
+        return out
+
+    # -- device comparisons ---------------------------------------------------------------------------
+    def device_check(self, node: ast.AST, anchor: ast.AST, kind: str, positive: bool) -> None:
+        """Classify one device comparison (`node` is the whole comparison/call/attribute)."""
+        if node in self.ported_nodes or anchor in self.ported_nodes:
+            return
+        verdict = self._judge(node, positive)
+        category, action, transform, reason, context = verdict
+        self.add(node, category, action, transform, reason, context, kind, anchor)
+
+    def _judge(self, node: ast.AST, positive: bool) -> tuple[str, str, str, str, str]:
+        # climb to the whole expression: through bool ops, `not`, and wrappers such as bool()/str()
+        expr, siblings = node, []
+        while True:
+            p = self.parent.get(expr)
+            if isinstance(p, ast.BoolOp):
+                siblings.extend(v for v in p.values if v is not expr)
+                expr = p
+            elif isinstance(p, ast.UnaryOp) and isinstance(p.op, ast.Not):
+                positive = not positive
+                expr = p
+            elif isinstance(p, ast.Call) and isinstance(p.func, ast.Name) and p.func.id == "bool":
+                expr = p
+            else:
+                break
+        holder = self.parent.get(expr)
+        # 1. paired with a CUDA-only property in the same boolean expression
+        for s in siblings:
+            eff = self.effects([s])
+            if "cuda_only" in eff:
+                return ("device_check", "keep", "widen-device-check",
+                        "paired with a CUDA-only property (major/minor/capability): torch_npu has no usable value, "
+                        "so npu keeps the non-CUDA branch", f"{ast.unparse(expr)[:120]}")
+            if "compile" in eff:
+                return ("compile_gate", "keep", "compile-bypass",
+                        "decides whether compilation runs (with the other operand): widening would switch it on "
+                        "for npu", ast.unparse(expr)[:120])
+        # 2. an argument of a call: the keyword (or the callee) says compile / kernel
+        if isinstance(holder, ast.keyword) or isinstance(holder, ast.Call) and expr in holder.args:
+            call = self.parent.get(holder) if isinstance(holder, ast.keyword) else holder
+            key = holder.arg or "" if isinstance(holder, ast.keyword) else ""
+            callee = (_dotted(call.func) or "").rsplit(".", 1)[-1] if isinstance(call, ast.Call) else ""
+            gate = self._name_gate(key) or (self._name_gate(callee) if callee not in ("str", "bool", "print") else None)
+            if gate:
+                where = f"{key}=" if key else f"{callee}(...)"
+                return (*gate[:3], f"switches on {gate[3]} through {where}: widening would do so on npu",
+                        ast.unparse(call)[:120] if isinstance(call, ast.AST) else "")
+        # 3. assigned to a name: the name, then where it flows
+        targets = []
+        if isinstance(holder, (ast.Assign, ast.AnnAssign)) and holder.value is expr:
+            targets = holder.targets if isinstance(holder, ast.Assign) else [holder.target]
+        elif isinstance(holder, ast.Tuple) and isinstance(self.parent.get(holder), ast.Assign):
+            # `_, heads, is_cuda = *q.shape, q.is_cuda`: the target in the same place from the end
+            assign = self.parent[holder]
+            target = assign.targets[0]  # type: ignore[attr-defined]
+            i = holder.elts.index(expr)
+            if isinstance(target, ast.Tuple) and not any(isinstance(e, ast.Starred) for e in target.elts) \
+                    and not any(isinstance(e, ast.Starred) for e in holder.elts[i:]) \
+                    and len(holder.elts) - i <= len(target.elts):
+                targets = [target.elts[len(target.elts) - (len(holder.elts) - i)]]
+                holder = assign
+        if targets:
+            for t in targets:
+                name = _dotted(t) or ""
+                gate = self._name_gate(name.rsplit(".", 1)[-1])
+                if gate:
+                    return (*gate[:3], f"`{name}` enables {gate[3]}: it stays CUDA-only", ast.unparse(holder)[:120])
+                flow = self._flow(name, holder)
+                if flow is not None:
+                    return flow
+        # 4. the test of a branch: what the CUDA side does
+        branch = self._branch_of(expr)
+        if branch is not None:
+            verdict = self._guarded(branch, expr, positive)
+            if verdict is not None:
+                return verdict
+        # 5. inside a function whose name says it decides about compilation
+        for a in self.ancestors(node):
+            if isinstance(a, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if compile_hint(a.name):
+                    return ("compile_gate", "keep", "compile-bypass",
+                            f"inside {a.name}(), which decides about compilation: stays CUDA-only",
+                            f"line {a.lineno}: def {a.name}")
+                break
+        return ("device_check", "rewrite", "widen-device-check",
+                "npu takes the CUDA branch; the branch does no CUDA-only work", "")
+
+    def _name_gate(self, name: str) -> tuple[str, str, str, str] | None:
+        if not name:
+            return None
+        if compile_hint(name) or _tokens(name) & {"graph", "graphs"} and "cuda" in _tokens(name):
+            return ("compile_gate", "keep", "compile-bypass", "compilation/CUDA graphs")
+        if flash_hint(name):
+            return ("kernel_gate", "keep", "attention-fallback", "a flash-attention path")
+        if kernel_hint(name):
+            return ("kernel_gate", "keep", "widen-device-check", "a custom CUDA kernel")
+        return None
+
+    def _flow(self, name: str, assign: ast.AST) -> tuple[str, str, str, str, str] | None:
+        """Where `name` flows in its function (or class, for self.x): a gate there makes it one."""
+        if not name:
+            return None
+        scope = next((a for a in self.ancestors(assign) if isinstance(a, (ast.FunctionDef, ast.AsyncFunctionDef,
+                                                                              ast.Module))), self.tree)
+        if name.startswith("self."):
+            scope = next((a for a in self.ancestors(assign) if isinstance(a, ast.ClassDef)), scope)
+        for n in ast.walk(scope):
+            if n is assign or _dotted(n) != name or not isinstance(getattr(n, "ctx", None), ast.Load):
+                continue
+            use = n
+            p = self.parent.get(use)
+            while isinstance(p, (ast.BoolOp, ast.UnaryOp)):
+                use, p = p, self.parent.get(p)
+            if isinstance(p, ast.keyword):
+                gate = self._name_gate(p.arg or "")
+                if gate:
+                    return (*gate[:3], f"`{name}` is passed as {p.arg}= (line {n.lineno}): it switches on {gate[3]}",
+                            f"line {n.lineno}: {self.code(n.lineno)}")
+            if isinstance(p, (ast.If, ast.IfExp, ast.While)) and p.test is use:
+                verdict = self._guarded(p, use, True)
+                if verdict is not None and verdict[1] != "rewrite":
+                    return (verdict[0], verdict[1], verdict[2], f"`{name}` flows into the test at line {n.lineno}: "
+                            + verdict[3], f"line {n.lineno}: {self.code(n.lineno)}")
+        return None
+
+    def _branch_of(self, expr: ast.AST) -> ast.AST | None:
+        p = self.parent.get(expr)
+        if isinstance(p, (ast.If, ast.IfExp, ast.While)) and p.test is expr:
+            return p
+        return None
+
+    def _cuda_side(self, branch: ast.AST, positive: bool) -> list[ast.AST]:
+        """The code that runs when the device is CUDA (what npu would newly run if widened)."""
+        if isinstance(branch, ast.IfExp):
+            return [branch.body] if positive else [branch.orelse]
+        body, orelse = list(branch.body), list(branch.orelse)  # type: ignore[attr-defined]
+        if positive:
+            return body
+        side = orelse
+        if body and isinstance(body[-1], (ast.Raise, ast.Return, ast.Continue, ast.Break)):
+            side = side + self._following(branch)
+        return side
+
+    def _following(self, stmt: ast.AST) -> list[ast.AST]:
+        p = self.parent.get(stmt)
+        for field in ("body", "orelse", "finalbody"):
+            block = getattr(p, field, None)
+            if isinstance(block, list) and stmt in block:
+                return block[block.index(stmt) + 1:]
+        return []
+
+    def _guarded(self, branch: ast.AST, expr: ast.AST, positive: bool) -> tuple[str, str, str, str, str] | None:
+        line = f"line {branch.lineno}: {self.code(branch.lineno)}"
+        cuda_side = self._cuda_side(branch, positive)
+        other = ([branch.orelse] if positive else [branch.body]) if isinstance(branch, ast.IfExp) else (
+            list(branch.orelse) if positive else list(branch.body))  # type: ignore[attr-defined]
+        eff_cuda, eff_any = self.effects(cuda_side), self.effects(cuda_side + other)
+        message = " ".join(_str(n) or "" for s in other + cuda_side for n in ast.walk(s)
+                           if isinstance(n, (ast.Constant,)) and isinstance(self.parent.get(n), (ast.Call, ast.JoinedStr)))
+        exits = isinstance(branch, ast.If) and branch.body and isinstance(branch.body[-1], (ast.Raise, ast.Return))
+        if "compile" in eff_any or exits and _MESSAGE_COMPILE.search(message):
+            self._keep_path(cuda_side, branch.lineno)
+            return ("compile_gate", "keep", "compile-bypass",
+                    "decides whether torch.compile/CUDA graphs run: widening would switch them on for npu", line)
+        if "flash" in eff_any or exits and _MESSAGE_FLASH.search(message):
+            self._keep_path(cuda_side, branch.lineno)
+            return ("kernel_gate", "keep", "attention-fallback",
+                    "decides whether a flash-attention kernel (no npu build) runs; attention-fallback decides "
+                    "what npu does", line)
+        if "kernel" in eff_any:
+            self._keep_path(cuda_side, branch.lineno)
+            return ("kernel_gate", "keep", "widen-device-check",
+                    "decides whether a custom CUDA kernel is built or run: it stays CUDA-only", line)
+        if "cuda_only" in eff_cuda:
+            self._keep_path(cuda_side, branch.lineno)
+            return ("device_check", "keep", "widen-device-check",
+                    "the CUDA branch reads a CUDA-only property (major/minor/capability): npu keeps the other branch",
+                    line)
+        if "assert_cuda" in eff_cuda:
+            return ("device_check", "decision", "widen-device-check",
+                    "the CUDA branch asserts CUDA is available (or raises without it): widened, it would fail on "
+                    "npu; a human decides "
+                    f"({eff_cuda['assert_cuda']})", line)
+        if "cuda_state" in eff_cuda:
+            return ("device_check", "decision", "widen-device-check",
+                    "the CUDA branch uses state built only when torch.cuda.is_available() "
+                    f"({eff_cuda['cuda_state']}): widened, npu would reach it without that state", line)
+        return None
+
+    def _keep_path(self, stmts: list[ast.AST], gate_line: int) -> None:
+        for s in stmts:
+            self.kept_paths.append((s.lineno, getattr(s, "end_lineno", None) or s.lineno, gate_line))
+
+    def behind_gate(self, node: ast.AST) -> int | None:
+        line = node.lineno
+        for first, last, gate in self.kept_paths:
+            if first <= line <= last:
+                return gate
+        return None
+
+    # -- the walk -----------------------------------------------------------------------------------
+    def run(self) -> list[Site]:
+        # Device checks first: their classification decides which paths only CUDA reaches.
+        for n in self.nodes:
+            if isinstance(n, ast.Compare):
+                self._compare(n)
+            elif isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "startswith" \
+                    and len(n.args) == 1 and not n.keywords and _str(n.args[0]) is not None \
+                    and _CUDA.match(_str(n.args[0]) or ""):
+                self.device_check(n, n.args[0], "startswith", True)
+            elif isinstance(n, ast.Attribute) and n.attr == "is_cuda" and isinstance(n.ctx, ast.Load):
+                self.device_check(n, n, "is_cuda", True)
+        for n in self.nodes:
+            self._other(n)
+        others = []
+        for s in self.sites:
+            gate = None
+            if s.action != "keep" and (s.category != "device_check" or s.action == "rewrite"):
+                gate = self._gate_line(s.line)
+            if gate is not None:
+                s = Site(**{**s.__dict__, "action": "keep",
+                            "reason": f"harmless: only reachable on CUDA, behind the gate at line {gate}, "
+                                      "which stays CUDA-only",
+                            "context": f"line {gate}: {self.code(gate)}"})
+            others.append(s)
+        return sorted(others, key=lambda s: (s.line, s.col, s.category))
+
+    def _gate_line(self, line: int) -> int | None:
+        for first, last, gate in self.kept_paths:
+            if first <= line <= last:
+                return gate
+        return None
+
+    def _compare(self, node: ast.Compare) -> None:
+        parts = [node.left, *node.comparators]
+        for i, op in enumerate(node.ops):
+            left, right = parts[i], parts[i + 1]
+            if isinstance(op, (ast.Eq, ast.NotEq)):
+                for a, b in ((right, left), (left, right)):
+                    if _str(a) is not None and _CUDA.match(_str(a) or "") and _str(b) is None \
+                            and not isinstance(b, ast.JoinedStr):
+                        self.device_check(node, a, "compare", isinstance(op, ast.Eq))
+                        break
+            elif isinstance(op, (ast.In, ast.NotIn)):
+                if _str(left) is not None and _CUDA.match(_str(left) or "") and not _mentions_npu(right) \
+                        and not isinstance(right, (ast.Tuple, ast.List, ast.Set, ast.Constant)):
+                    self.device_check(node, left, "substring", isinstance(op, ast.In))
+                elif isinstance(right, (ast.Tuple, ast.List, ast.Set)):
+                    values = [_str(e) for e in right.elts]
+                    cuda = next((e for e in right.elts if _CUDA.match(_str(e) or "")), None)
+                    if cuda is not None and "npu" not in values and _str(left) is None:
+                        self.device_check(node, cuda, "collection", isinstance(op, ast.In))
+
+    def _other(self, n: ast.AST) -> None:
+        if n in self.ported_nodes:
+            return
+        if isinstance(n, ast.Import):
+            for a in n.names:
+                self._import(n, a.name)
+        elif isinstance(n, ast.ImportFrom) and n.level == 0 and n.module:
+            self._import(n, n.module)
+        elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for d in n.args.defaults + [d for d in n.args.kw_defaults if d is not None]:
+                if _is_cuda_literal(d):
+                    self.add(d, "hardcoded_device", "rewrite", "hardcoded-device",
+                             "a CUDA default device: becomes a run-time choice, npu first where available",
+                             kind="default")
+            positional = n.args.posonlyargs + n.args.args
+            pairs = list(zip(positional[len(positional) - len(n.args.defaults):], n.args.defaults))
+            for arg, default in pairs + list(zip(n.args.kwonlyargs, n.args.kw_defaults)):
+                if default is not None and _ATTN_KEY.search(arg.arg):
+                    self._flash_request(default, arg.arg)
+            if _RETURNS_IMPLEMENTATION.search(n.name):
+                for r in ast.walk(n):
+                    if isinstance(r, ast.Return) and r.value is not None:
+                        self._flash_request(r.value, f"{n.name}()")
+            for d in n.decorator_list:
+                target = d.func if isinstance(d, ast.Call) else d
+                q = self.names.qualify(target) or ""
+                if q.startswith("triton."):
+                    self.add(d, "custom_kernel", "decision", "",
+                             "a Triton kernel: no npu backend here; the code calling it needs an npu path",
+                             kind="decorator")
+        elif isinstance(n, ast.Assign):
+            names = [ast.unparse(t) for t in n.targets]
+            if any("device" in x.lower() for x in names) and not _porter_test(n.value) and any(
+                    _is_cuda_literal(x) for x in ast.walk(n.value)):
+                self.add(n, "hardcoded_device", "rewrite", "hardcoded-device",
+                         "a CUDA device stored in a device name: becomes a run-time choice", kind="assign")
+            if any(_ATTN_KEY.search(_key_name(t)) for t in n.targets):
+                self._flash_request(n.value, names[0])
+        elif isinstance(n, ast.AnnAssign):
+            if n.value is not None and _ATTN_KEY.search(_key_name(n.target)):
+                self._flash_request(n.value, ast.unparse(n.target))
+        elif isinstance(n, ast.Dict):
+            for key, value in zip(n.keys, n.values):
+                if _str(key) is not None and _ATTN_KEY.search(_str(key) or ""):
+                    self._flash_request(value, repr(_str(key)))
+        elif isinstance(n, ast.Attribute):
+            p = self.parent.get(n)
+            if n.attr == "compile" and not (isinstance(p, ast.Call) and p.func is n) \
+                    and self.names.qualify(n) == "torch.compile":
+                self.add(n, "compile", "rewrite", "compile-bypass",
+                         "torch.compile referenced: kept off on npu by compile-bypass", kind="reference")
+            elif n.attr in _CUDA_ONLY_ATTRS and self._device_properties(n.value):
+                self.add(n, "cuda_api", "keep", "cuda-api",
+                         f"`.{n.attr}` of CUDA device properties: torch_npu has no usable value; never sent to torch.npu",
+                         kind="property", anchor=n.value)
+        elif isinstance(n, ast.JoinedStr) and _cuda_fstring(n):
+            p = self.parent.get(n)
+            if not isinstance(p, (ast.Compare, ast.Expr)) and not isinstance(self.parent.get(p), ast.Compare):
+                self.add(n, "hardcoded_device", "rewrite", "hardcoded-device",
+                         "a CUDA device built from a rank/index: the device type becomes a run-time choice",
+                         kind="fstring")
+        elif isinstance(n, ast.Call):
+            self._call(n)
+
+    def _import(self, node: ast.AST, module: str) -> None:
+        root = module.split(".")[0]
+        if module.startswith("torch.utils.cpp_extension"):
+            self.add(node, "custom_kernel", "keep" if node in self.optional else "decision", "",
+                     "torch.utils.cpp_extension builds CUDA/C++ extensions: no npu build; the kernels stay CUDA-only",
+                     kind="import")
+            return
+        if root not in CUDA_ONLY_MODULES:
+            return
+        category = "attention_backend" if root in ("flash_attn",) else (
+            "custom_kernel" if root in ("triton",) else "cuda_only_import")
+        if node in self.optional:
+            self.add(node, category, "keep", "guard-import",
+                     "harmless: an optional import inside try/except, the module imports without it", kind="import")
+        elif root == "flash_attn":
+            self.add(node, category, "rewrite", "attention-fallback",
+                     "flash_attn has no npu build: attention-fallback makes the import optional on npu", kind="import")
+        else:
+            self.add(node, category, "decision", "guard-import",
+                     f"{root} is CUDA-only: guard-import or lazy-import make the import optional where a recipe "
+                     "says so; the code that uses it needs an npu path", kind="import")
+
+    def _flash_request(self, value: ast.AST, key: str) -> None:
+        if _str(value) == "flash_attention_2":
+            self.add(value, "attention_backend", "rewrite", "attention-fallback",
+                     f'{key} -> "flash_attention_2": falls back to SDPA on npu', kind="request")
+        elif isinstance(value, ast.IfExp) and not _porter_test(value.test):
+            self._flash_request(value.body, key)
+            self._flash_request(value.orelse, key)
+        elif isinstance(value, ast.BoolOp):
+            for v in value.values:
+                self._flash_request(v, key)
+
+    def _call(self, node: ast.Call) -> None:
+        q = self.names.qualify(node.func) or ""
+        text = _dotted(node.func) or ""
+        if q.startswith("torch.cuda.") or q.startswith("torch.backends.cuda."):
+            self._cuda_call(node, q)
+        elif q in ("torch.compile", "torch._dynamo.optimize"):
+            self.add(node, "compile", "rewrite", "compile-bypass",
+                     "torch.compile: kept off on npu (the call is routed through a helper); CUDA compiles as before",
+                     kind="call")
+        elif self._is_method_compile(node) and q != "torch.compile":
+            self.add(node, "compile", "decision", "compile-bypass",
+                     "nn.Module.compile() compiles in place on every device: gate it on CUDA (compile-bypass cannot "
+                     "route a method call)", kind="method")
+        elif q in ("torch.autocast", "torch.amp.autocast"):
+            if any(_is_cuda_literal(a) for a in node.args[:1]) or any(
+                    k.arg == "device_type" and _is_cuda_literal(k.value) for k in node.keywords):
+                self.add(node, "autocast", "rewrite", "autocast-device",
+                         "autocast on CUDA only: follows the device so npu keeps mixed precision", kind="call")
+        elif q in ("torch.is_autocast_enabled", "torch.get_autocast_gpu_dtype") and not node.args \
+                and not node.keywords:
+            self.add(node, "autocast", "rewrite", "autocast-device", f"{q}() reads CUDA's autocast state",
+                     kind="call")
+        elif q.startswith("torch.utils.cpp_extension.") or q.startswith("triton."):
+            self.add(node, "custom_kernel", "decision", "",
+                     "builds or runs a custom CUDA kernel: no npu build; the caller needs an npu path", kind="call")
+        elif isinstance(node.func, ast.Attribute) and node.func.attr == "cuda" and not text.startswith("torch."):
+            self.add(node, "hardcoded_device", "rewrite", "hardcoded-device",
+                     ".cuda(): moves to the accelerator in use (npu where available)", kind="method")
+        if isinstance(node.func, ast.Attribute) and node.func.attr == "to" and node.args and _str(
+                node.args[0]) is not None and _CUDA.match(_str(node.args[0]) or ""):
+            self.add(node.args[0], "hardcoded_device", "rewrite", "hardcoded-device",
+                     '.to("cuda"): moves to the accelerator in use (npu where available)', kind="to")
+        if q == "torch.device" and node.args and _is_cuda_literal(node.args[0]):
+            self.add(node, "hardcoded_device", "rewrite", "hardcoded-device",
+                     "torch.device(\"cuda\"): becomes a run-time choice", kind="call")
+        for k in node.keywords:
+            if k.arg in _DEVICE_KWARGS and _is_cuda_literal(k.value) and q not in ("torch.autocast",
+                                                                                  "torch.amp.autocast"):
+                self.add(k.value, "hardcoded_device", "rewrite", "hardcoded-device",
+                         f"{k.arg}= a CUDA device: becomes a run-time choice", kind="keyword")
+            if _str(k.value) == "nccl":
+                self.add(node, "other", "decision", "",
+                         'backend="nccl" is CUDA\'s collective backend (npu uses "hccl"); no transform handles it',
+                         kind="keyword")
+            if k.arg and _ATTN_KEY.search(k.arg):
+                self._flash_request(k.value, k.arg)
+        if node.args and _str(node.args[0]) == "nccl" and text.endswith("init_process_group"):
+            self.add(node, "other", "decision", "",
+                     'backend "nccl" is CUDA\'s collective backend (npu uses "hccl"); no transform handles it',
+                     kind="call")
+
+    def _cuda_call(self, node: ast.Call, q: str) -> None:
+        name = q.split(".")[-1]
+        rest = q[len("torch.cuda."):] if q.startswith("torch.cuda.") else q
+        if name in ("graph", "CUDAGraph", "make_graphed_callables", "graphs"):
+            action = "rewrite" if name == "make_graphed_callables" else "decision"
+            self.add(node, "compile", action, "compile-bypass",
+                     "CUDA-graph capture: stays off on npu only behind a device gate; check its callers"
+                     if action == "decision" else "make_graphed_callables: kept off on npu", kind="call")
+        elif name in ("sdp_kernel", "sdpa_kernel", "enable_flash_sdp"):
+            self.add(node, "attention_backend", "rewrite", "attention-fallback",
+                     "SDPA kernel selection: npu gets the math/SDPA path", kind="call")
+        elif "amp" in rest.split("."):
+            self.add(node, "autocast", "rewrite", "autocast-device", "torch.cuda.amp: follows the device",
+                     kind="call")
+        elif name == "mem_get_info":
+            self.add(node, "cuda_api", "rewrite", "mem-get-info", "free/total memory answered on npu", kind="call")
+        elif name in ("is_available", "device_count"):
+            self.add(node, "cuda_api", "decision", "cuda-api",
+                     "False/0 on npu: CUDA-only work is skipped there; cuda-api widens it only where the guarded "
+                     "code follows the device", kind="predicate")
+        elif name in ("get_device_capability",) or name == "get_device_properties" and (
+                isinstance(self.parent.get(node), ast.Attribute)
+                and self.parent[node].attr in _CUDA_ONLY_ATTRS  # type: ignore[attr-defined]
+                or self._bound_and_read_for_capability(node)):
+            self.add(node, "cuda_api", "keep", "cuda-api",
+                     "CUDA compute capability: torch_npu has no usable value; never sent to torch.npu", kind="call")
+        elif _has_npu_counterpart(rest):
+            self.add(node, "cuda_api", "rewrite", "cuda-api",
+                     f"torch.cuda.{rest}: torch.npu.{rest} on an npu host", kind="call")
+        else:
+            self.add(node, "cuda_api", "decision", "cuda-api",
+                     f"{q} has no npu counterpart in torch_npu's transfer_to_npu", kind="call")
+
+
+@functools.lru_cache(maxsize=1)
+def _npu_counterparts() -> frozenset[str]:
+    """torch.cuda names torch_npu's transfer_to_npu maps to torch.npu (porter/data, read without importing
+    the transforms: the analysis stays an `ast`-only module that `porter scan` loads fast)."""
+    import json
+
+    raw = json.loads((Path(__file__).resolve().parent / "data" / "torch_npu_transfer-2.14.0.json").read_text())
+    return frozenset(raw.get("cuda_to_npu", ()))
+
+
+def _has_npu_counterpart(name: str) -> bool:
+    if "." in name:
+        head, _, tail = name.partition(".")
+        if head in ("memory", "random", "streams"):
+            name = tail
+        else:
+            return False
+    try:
+        return name in _npu_counterparts()
+    except (OSError, ValueError):
+        return False
+
+
+def _negated(test: ast.AST) -> bool:
+    return isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not)
+
+
+def _key_name(target: ast.AST) -> str:
+    if isinstance(target, ast.Name):
+        return target.id
+    if isinstance(target, ast.Attribute):
+        return target.attr
+    if isinstance(target, ast.Subscript) and isinstance(target.slice, ast.Constant):
+        return str(target.slice.value)
+    return ""
+
+
+def _porter_test(test: ast.AST) -> bool:
+    return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id.startswith("_porter_")
+               for n in ast.walk(test))
+
+
+def _mentions_npu(node: ast.AST) -> bool:
+    return any(isinstance(n, ast.Constant) and n.value == "npu" for n in ast.walk(node))
+
+
+# -- the public functions -------------------------------------------------------------------------------
+def analyse_source(path: str, text: str) -> list[Site]:
+    """Every CUDA-specific site in one file's text, classified; [] for text `ast` cannot read."""
+    return list(_analyse(path, text))
+
+
+def _analyse(path: str, text: str) -> tuple[Site, ...]:
+    return _result(path, text)[0]
+
+
+@functools.lru_cache(maxsize=16)  # the steps over one file (and the scan) share it
+def _result(path: str, text: str) -> tuple[tuple[Site, ...], tuple[tuple[int, int, int], ...], bool]:
+    """(sites, CUDA-only paths as (first line, last line, gate line), whether `ast` read the text)."""
+    if not PREFILTER.search(text):
+        return (), (), True
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return (), (), False
+    analysis = _Analysis(path, text, tree)
+    sites = tuple(analysis.run())
+    return sites, tuple(analysis.kept_paths), True
+
+
+def cuda_only_gate(path: str, text: str, line: int) -> int | None:
+    """The line of a gate that stays CUDA-only and dominates `line` (only CUDA reaches it), or None."""
+    for first, last, gate in _result(path, text)[1]:
+        if first <= line <= last:
+            return gate
+    return None
+
+
+def has_cuda_only_paths(path: str, text: str) -> bool:
+    return bool(_result(path, text)[1])
+
+
+def has_sites(path: str, text: str, categories: tuple[str, ...], actions: tuple[str, ...] = ("keep", "decision"),
+              ) -> bool | None:
+    """Whether `text` holds a site of these categories and actions; None when `ast` cannot read it.
+    The transforms ask this before looking a site up by position (a libcst position pass is costly)."""
+    sites, _, ok = _result(path, text)
+    if not ok:
+        return None
+    return any(s.category in categories and s.action in actions for s in sites)
+
+
+def analyse_tree(root: Path, files: Iterable[str] | None = None) -> list[Site]:
+    """Sites in every `*.py` file under `root` (or the given posix paths relative to it), in path order.
+    Files that are not UTF-8 or do not parse are skipped (the scan/report say so where it matters)."""
+    root = Path(root)
+    paths = sorted(files) if files is not None else sorted(
+        p.relative_to(root).as_posix() for p in root.rglob("*.py") if p.is_file() and not p.is_symlink())
+    out: list[Site] = []
+    for rel in paths:
+        try:
+            text = (root / rel).read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        out.extend(_analyse(rel, text))
+    return out
+
+
+def site_at(path: str, text: str, line: int, col: int, categories: tuple[str, ...] = ()) -> Site | None:
+    """The site anchored at (line, col) in `text` (the transforms' lookup), or None."""
+    for s in _analyse(path, text):
+        if s.anchor_line == line and s.col == col and (not categories or s.category in categories):
+            return s
+    return None

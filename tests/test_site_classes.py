@@ -1,0 +1,321 @@
+"""`safe` is earned per site: one test per class of site that porter once rewrote wrongly (issue 12).
+
+Each class was seen in a real PyPI TTS package; the untouched upstream code was correct and the port
+made it worse. Every case runs the real transforms (and, for class 3, the result under npu-sim) and
+asserts on the one site analysis (porter/analysis.py) that the transforms and the scan both read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from porter.analysis import analyse_source, analyse_tree
+from porter.npu.sim import sim_env
+from porter.scan import scan_source
+from porter.transforms import Context, all_transforms
+
+ROOT = Path(__file__).resolve().parents[1]
+T = all_transforms()
+
+
+def run(name: str, text: str, **params):
+    return T[name](params).apply(text, Context(path="m.py"))
+
+
+def sites(text: str, line: int):
+    return [s for s in analyse_source("m.py", text) if s.line == line]
+
+
+# -- class 1: a comparison inside an argument that switches compilation on -------------------------
+COMPILE_ARG = (
+    "def load(model, compile, device):\n"
+    '    model.prepare(compile=compile and "cuda" in str(device))\n'
+    "    return model\n"
+)
+
+
+def test_class1_comparison_in_a_compile_argument_is_not_widened():
+    out = run("widen-device-check", COMPILE_ARG)
+    assert out.text == COMPILE_ARG and not out.changes
+    [site] = sites(COMPILE_ARG, 2)
+    assert (site.category, site.action, site.transform) == ("compile_gate", "keep", "compile-bypass")
+    assert "compile=" in site.reason
+
+
+def test_class1_module_compile_is_compilation():
+    text = "class TTS:\n    def load(self):\n        self.compile(mode='max-autotune')\n        return self\n"
+    [site] = sites(text, 3)
+    assert (site.category, site.action, site.transform, site.kind) == ("compile", "decision", "compile-bypass",
+                                                                       "method")
+    out = run("compile-bypass", text)
+    assert out.text == text
+    assert [(f.line, f.category, f.transform) for f in out.findings] == [(3, "needs-decision", "compile-bypass")]
+    # re.compile is not compilation
+    assert not analyse_source("m.py", "import re\npattern = re.compile('x')\n")
+
+
+def test_class1_module_compile_on_the_device_is_a_compile_gate():
+    text = "def f(model, device):\n    if device == 'cuda':\n        model.compile()\n"
+    assert run("widen-device-check", text).text == text
+    assert [s.category for s in sites(text, 2)] == ["compile_gate"]
+
+
+# -- class 2: a comparison that enables a custom CUDA kernel ---------------------------------------
+def test_class2_custom_kernel_flag_stays_cuda_only():
+    text = (
+        "def build(device, cfg):\n"
+        '    use_cuda_kernel = cfg.fast and str(device).startswith("cuda")\n'
+        "    return Vocoder(use_cuda_kernel=use_cuda_kernel)\n"
+    )
+    out = run("widen-device-check", text)
+    assert out.text == text
+    [site] = sites(text, 2)
+    assert (site.category, site.action) == ("kernel_gate", "keep")
+    assert [f.line for f in out.findings] == [2]
+
+
+def test_class2_kernel_flag_through_a_plain_name():
+    text = (
+        "def build(device):\n"
+        '    fast = device.type == "cuda"\n'
+        "    return Vocoder(use_custom_kernel=fast)\n"
+    )
+    assert run("widen-device-check", text).text == text
+    [site] = sites(text, 2)
+    assert site.category == "kernel_gate" and "use_custom_kernel=" in site.reason
+
+
+# -- class 3: paired with a CUDA-only property ------------------------------------------------------
+CAPABILITY = textwrap.dedent('''\
+    import torch
+
+
+    def pick_dtype(device):
+        if "cuda" in device and torch.cuda.get_device_properties(device).major >= 7:
+            return "float16"
+        return "float32"
+''')
+
+
+def test_class3_capability_pair_is_not_widened_nor_sent_to_torch_npu():
+    out = run("widen-device-check", CAPABILITY)
+    assert out.text == CAPABILITY
+    out = run("cuda-api", CAPABILITY)
+    assert out.text == CAPABILITY
+    assert [f.category for f in out.findings] == ["cuda-api"] and "CUDA-only" in out.findings[0].reason
+    assert {(s.category, s.action) for s in sites(CAPABILITY, 5)} == {("device_check", "keep"), ("cuda_api", "keep")}
+
+
+def test_class3_bound_properties_are_kept_too():
+    text = ("import torch\n\ndef ok(d):\n    props = torch.cuda.get_device_properties(d)\n"
+            "    return props.major >= 8\n")
+    assert run("cuda-api", text).text == text
+
+
+def _run_sim(code: str, tmp_path: Path) -> dict:
+    script = tmp_path / "child.py"
+    script.write_text("import json\n" + code)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, str(script)], env=sim_env(env), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_class3_under_npu_sim_the_widened_code_fails_and_the_port_runs(tmp_path):
+    # What porter wrote before: the pair widened and the properties asked of torch.npu.
+    widened = CAPABILITY.replace(
+        '"cuda" in device and torch.cuda.get_device_properties(device)',
+        '("cuda" in device or "npu" in device) and torch.npu.get_device_properties(device)')
+    assert widened != CAPABILITY
+    port = CAPABILITY
+    for step in ("widen-device-check", "cuda-api", "import-order"):
+        port = run(step, port).text
+    (tmp_path / "widened.py").write_text(widened)
+    (tmp_path / "ported.py").write_text(port)
+    result = _run_sim(
+        "import torch, torch_npu\nout = {}\n"
+        "for name in ('widened', 'ported'):\n"
+        "    try:\n"
+        "        out[name] = __import__(name).pick_dtype('npu:0')\n"
+        "    except Exception as exc:\n"
+        "        out[name] = type(exc).__name__ + ': ' + str(exc)\n"
+        "out['simulated'] = torch_npu.__porter_simulated__\n"
+        "print(json.dumps(out))\n", tmp_path)
+    assert result["simulated"] is True
+    assert result["widened"].startswith("AttributeError") and "major" in result["widened"]
+    assert result["ported"] == "float32"  # what the unported code chose on npu
+
+
+# -- class 4: the widened branch asserts CUDA -------------------------------------------------------
+def test_class4_branch_asserting_cuda_is_a_decision():
+    text = 'import torch\n\ndef setup(device):\n    if "cuda" in device:\n        assert torch.cuda.is_available()\n'
+    out = run("widen-device-check", text)
+    assert out.text == text
+    assert [(f.line, f.category) for f in out.findings] == [(4, "needs-decision")]
+    assert "asserts CUDA" in out.findings[0].reason
+    [site] = [s for s in sites(text, 4) if s.category == "device_check"]
+    assert site.action == "decision" and site.context == 'line 4: if "cuda" in device:'
+
+
+def test_class4_branch_raising_without_cuda_message_stays_rewritable():
+    text = 'def setup(device):\n    if device == "cuda":\n        return 1\n    return 0\n'
+    assert run("widen-device-check", text).changes
+
+
+# -- class 5: is_cuda guarding state built only when CUDA is available ------------------------------
+def test_class5_is_cuda_guarding_cuda_only_state_is_a_decision():
+    text = textwrap.dedent('''\
+        import torch
+
+
+        class Attention:
+            def __init__(self):
+                if torch.cuda.is_available():
+                    self.workspace = torch.empty(1 << 20, device="cuda")
+
+            def forward(self, q):
+                if q.is_cuda:
+                    return fused(q, self.workspace)
+                return q
+    ''')
+    out = run("widen-device-check", text)
+    assert out.text == text
+    assert [(f.line, f.category) for f in out.findings] == [(10, "needs-decision")]
+    assert "torch.cuda.is_available()" in out.findings[0].reason
+    # without the CUDA-only state, is_cuda is widened as before
+    plain = text.replace("self.workspace", "self.scale")
+    plain = plain.replace("        if torch.cuda.is_available():\n            self.scale", "        self.scale")
+    assert run("widen-device-check", plain).changes
+
+
+# -- class 6: import-order never moves an import above a statement it may depend on -------------------
+def test_class6_import_is_not_moved_above_an_environment_setting():
+    text = ("import os\nimport torch_npu\nfrom torch_npu.contrib import transfer_to_npu\n\n"
+            'os.environ["HF_HUB_CACHE"] = "/data/hub"\nimport transformers\n')
+    out = run("import-order", text)
+    assert out.text == text
+    assert [f.line for f in out.findings] == [6] and "line 5" in out.findings[0].reason
+
+
+def test_class6_plain_torch_npu_import_changes_no_order():
+    text = "import torch_npu\nimport warnings\nwarnings.simplefilter('ignore')\nimport transformers\n"
+    assert run("import-order", text).text == text
+
+
+def test_class6_only_imports_between_is_still_fixed():
+    text = "import torch_npu\nfrom torch_npu.contrib import transfer_to_npu\nimport transformers\n"
+    out = run("import-order", text)
+    assert out.text.index("import transformers") < out.text.index("import torch_npu")
+
+
+# -- class 7: what the scan sees, and how it reports it -------------------------------------------------
+def test_class7_scan_sees_fstring_devices_cuda_with_an_argument_and_module_compile():
+    text = ("def place(self, x, rank, device):\n    d = f'cuda:{rank}'\n    x = x.cuda(device)\n"
+            "    self.compile()\n    return x\n")
+    found = {(s.line, s.category) for s in scan_source(text)}
+    assert found == {(2, "hardcoded_device"), (3, "hardcoded_device"), (4, "compile")}
+
+
+def test_class7_findings_name_their_owner_and_whether_the_line_changed(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "m.py").write_text(
+        "import torch\nimport deepspeed\n\n\ndef f(x):\n"
+        '    if x.device.type == "cuda": torch.cuda.nvtx.range_push("f")\n'
+        '    torch.distributed.init_process_group(backend="nccl")\n'
+    )
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("porter: 1\nname: s\nsource: {path: src}\nsteps:\n"
+                      "  - use: widen-device-check\n  - use: attention-fallback\n")
+    proc = subprocess.run([str(Path(sys.executable).parent / "porter"), "apply", str(recipe), "--out",
+                           str(tmp_path / "out"), "--no-smoke"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    findings = {f["line"]: f for f in json.loads((tmp_path / "out/s/report.json").read_text())["findings"]}
+    assert "[owner: guard-import; line unchanged]" in findings[2]["reason"]
+    assert "[owner: cuda-api; line changed]" in findings[6]["reason"]  # widened on this line
+    assert "[owner: no transform; line unchanged]" in findings[7]["reason"]
+    assert not any("attention-fallback" in f["reason"] for f in findings.values())
+
+
+def test_analyse_tree_reads_files_and_skips_unreadable(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg/a.py").write_text('x = y.to("cuda")\n')
+    (tmp_path / "pkg/b.py").write_bytes(b"\xff\xfe not utf-8 cuda")
+    (tmp_path / "pkg/c.py").write_text("def broken(:\n  cuda\n")
+    got = analyse_tree(tmp_path)
+    assert [(s.file, s.line, s.category, s.action) for s in got] == [("pkg/a.py", 1, "hardcoded_device", "rewrite")]
+    assert analyse_tree(tmp_path, ["pkg/a.py"]) == got
+
+
+def test_class4_branch_raising_on_cuda_absence_is_a_decision():
+    # voxcpm's resolver shape: the CUDA branch raises when CUDA is not available
+    text = ("import torch\n\ndef resolve(explicit):\n    if explicit.startswith('cuda'):\n"
+            "        if not torch.cuda.is_available():\n"
+            "            raise ValueError(f\"Requested device '{explicit}', but CUDA is not available.\")\n"
+            "        return explicit\n    return 'cpu'\n")
+    out = run("widen-device-check", text)
+    assert out.text == text and [f.category for f in out.findings] == ["needs-decision"]
+
+
+def test_sdp_kernel_selection_is_not_a_custom_kernel():
+    text = ("import torch\n\ndef attend(q):\n    if q.device.type == 'cuda':\n"
+            "        with torch.backends.cuda.sdp_kernel(enable_math=True):\n            return f(q)\n")
+    assert run("widen-device-check", text).changes
+
+
+# -- issue 10: nothing rewritten that npu cannot reach ---------------------------------------------------
+BEHIND_A_GATE = (
+    "import torch\n\n\ndef optimize(self):\n"
+    '    if self.device != "cuda":\n        raise ValueError("can only be optimized on CUDA")\n'
+    "    self.model = torch.compile(self.model.cuda())\n    torch.cuda.synchronize()\n"
+)
+
+
+@pytest.mark.parametrize("name", ["compile-bypass", "hardcoded-device", "cuda-api", "widen-device-check"])
+def test_sites_only_cuda_reaches_are_left_alone_with_the_gate_line(name):
+    out = run(name, BEHIND_A_GATE)
+    assert out.text == BEHIND_A_GATE and not out.changes
+    if name != "widen-device-check":  # the gate itself belongs to compile-bypass, which reports it
+        assert any("behind the gate at line 5" in f.reason for f in out.findings), out.findings
+
+
+def test_the_same_sites_without_the_gate_are_rewritten():
+    ungated = BEHIND_A_GATE.replace(
+        '    if self.device != "cuda":\n        raise ValueError("can only be optimized on CUDA")\n', "")
+    for name in ("compile-bypass", "hardcoded-device", "cuda-api"):
+        assert run(name, ungated).changes, name
+
+
+def test_class5_coqui_attend_shape_tuple_unpacking_and_early_return():
+    # coqui-tts 0.28.0 TTS/tts/layers/xtts/perceiver_encoder.py, Attend (reduced)
+    text = textwrap.dedent('''\
+        import torch
+
+
+        class Attend:
+            def __init__(self, use_flash=False):
+                self.cpu_config = (True, True, True)
+                self.cuda_config = None
+                if not torch.cuda.is_available() or not use_flash:
+                    return
+                self.cuda_config = (True, False, False)
+
+            def flash_attn(self, q, k):
+                _, heads, q_len, _, k_len, is_cuda = *q.shape, k.shape[-2], q.is_cuda
+                config = self.cuda_config if is_cuda else self.cpu_config
+                return config
+    ''')
+    out = run("widen-device-check", text)
+    assert out.text == text
+    assert [(f.line, f.category) for f in out.findings] == [(13, "needs-decision")]
+    assert "flows into the test at line 14" in out.findings[0].reason
