@@ -52,7 +52,6 @@ SEVERITIES = ("change", "decision", "keep", "cosmetic")
 SCOPES = ("inference", "train", "tools")
 CATEGORIES = ("device_check", "compile_gate", "kernel_gate", "hardcoded_device", "cuda_api", "autocast",
               "compile", "attention_backend", "cuda_only_import", "custom_kernel", "dtype", "other")
-_IMPORT = re.compile(r"^(import\s+\w|from\s+[\w.]+\s+import\s)")
 
 
 class Unreachable(Exception):
@@ -78,7 +77,7 @@ class Site:
     severity: str
     scope: str
     expected: str
-    no_import_above: bool = False  # keep: no import of the original may move above this line
+    no_import_above: bool = False  # keep: no import may come to run before this line
 
     @property
     def id(self) -> str:
@@ -423,15 +422,40 @@ def _findings_by_file(report: Mapping[str, Any]) -> dict[str, list[dict[str, Any
     return out
 
 
-def _moved_imports(before: list[str], after: list[str], lm: LineMap, line: int) -> list[str]:
-    """Import statements that were below `line` in the original and are above it now."""
-    below = {b.strip() for b in before[line:] if _IMPORT.match(b.strip())}
-    above_before = {b.strip() for b in before[: line - 1] if _IMPORT.match(b.strip())}
+def _module_imports(lines: list[str]) -> list[tuple[int, str]]:
+    """(0-based line, normalised text) of each import run at module import time (top level, or in a
+    top-level try/if/with block; not in functions or classes)."""
+    import ast
+
+    try:
+        tree = ast.parse("\n".join(lines))
+    except SyntaxError:
+        return []
+    out: list[tuple[int, str]] = []
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                out.append((node.lineno - 1, ast.unparse(node)))
+            elif isinstance(node, (ast.Try, ast.If, ast.With)):
+                for part in ("body", "orelse", "finalbody"):
+                    visit(getattr(node, part, []) or [])
+                for handler in getattr(node, "handlers", []):
+                    visit(handler.body)
+
+    visit(tree.body)
+    return out
+
+
+def _imports_brought_above(before: list[str], after: list[str], lm: LineMap, line: int) -> list[str]:
+    """Imports that run before `line` now and did not before: moved up from below it, or new (porter's
+    own guarded `import torch_npu` aside, which reads no environment)."""
     j = lm.to_patched.get(line - 1)
     if j is None:
         return []
-    above_after = {a.strip() for a in after[:j] if _IMPORT.match(a.strip())}
-    return sorted((above_after & below) - above_before)
+    was_above = {text for i, text in _module_imports(before) if i < line - 1}
+    now_above = {text for i, text in _module_imports(after) if i < j}
+    return sorted(t for t in now_above - was_above if not re.match(r"^(import|from) torch_npu\b", t))
 
 
 def grade(audit: Audit, original_root: Path, patched_root: Path, report: Mapping[str, Any]) -> Grade:
@@ -440,8 +464,8 @@ def grade(audit: Audit, original_root: Path, patched_root: Path, report: Mapping
     change: hit when its line changed or lines were inserted right next to it.
     decision: covered when its line changed (or got an insertion next to it) or a finding of the
       report names that line (in the patched file's numbering, or the original's with the same code).
-    keep: violated when its line changed; with `no_import_above`, also when an import of the
-      original moved above it.
+    keep: violated when its line changed; with `no_import_above`, also when an import now runs
+      before it that did not (moved up, or added; porter's guarded torch_npu import aside).
     cosmetic: not graded.
     Every patched .py file that differs from the original must compile.
     """
@@ -476,10 +500,10 @@ def grade(audit: Audit, original_root: Path, patched_root: Path, report: Mapping
             ok = touched or reported
             why = "" if ok else "neither changed nor reported as a finding"
         else:  # keep
-            moved = _moved_imports(before, after, lm, s.line) if s.no_import_above else []
+            moved = _imports_brought_above(before, after, lm, s.line) if s.no_import_above else []
             changed = (s.line - 1) in lm.changed
             ok = not changed and not moved
-            why = ("changed" if changed else "") + (f"imports moved above it: {moved}" if moved else "")
+            why = ("changed" if changed else "") + (f"imports now run before it: {moved}" if moved else "")
         g.results.append(SiteResult(s, touched, reported, ok, why))
 
     audited_lines: dict[str, set[int]] = {}

@@ -74,6 +74,10 @@ def test_grade_reads_changes_insertions_findings_and_moved_imports(tmp_path):
     ]
     after = [
         "import transformers",                         # moved above the environment line
+        "try:",
+        "    import torch_npu",                        # porter's own: allowed
+        "except ImportError:",
+        "    pass",
         "import os",
         "os.environ['HF_HOME'] = '/x'",
         "import torch",
@@ -101,12 +105,21 @@ def test_grade_reads_changes_insertions_findings_and_moved_imports(tmp_path):
                   sites=(site(2, "keep", no_import_above=True), site(5, "change"), site(6, "change"),
                          site(8, "keep"), site(9, "decision"), site(10, "decision"), site(11, "change"),
                          site(4, "keep")))
-    report = {"changes": [{}], "findings": [{"file": "pkg/m.py", "line": 10, "code": "y = 2"}]}
+    report = {"changes": [{}], "findings": [{"file": "pkg/m.py", "line": 14, "code": "y = 2"}]}  # patched numbering
     g = grade(audit, orig, patched, report)
     assert g.figures() == "change hit 2/3, decision covered 1/2, keep violated 2/3"
     assert set(g.failures()) == {"pkg/m.py:2", "pkg/m.py:8", "pkg/m.py:10", "pkg/m.py:11", "compile pkg/broken.py"}
-    assert "import transformers" in g.failures()["pkg/m.py:2"]
+    assert "import transformers" in g.failures()["pkg/m.py:2"] and "torch_npu" not in g.failures()["pkg/m.py:2"]
     assert audit_drift(audit, orig) == []
+
+    # an import added (not moved) above an environment line is a violation too; a function's is not
+    env = ["import os", "os.environ['HF_HOME'] = '/x'", "import torch"]
+    (orig / "pkg" / "n.py").write_text("\n".join(env) + "\n")
+    (patched / "pkg" / "n.py").write_text("\n".join(["def f():", "    import numpy", "import transformers", *env]) + "\n")
+    env_site = Site("pkg/n.py", 2, code_sha1(env[1]), "other", "keep", "inference", "x", no_import_above=True)
+    audit2 = Audit(path=audit.path, package="p", version="1", archive="p.whl", sha256="0" * 64, notes="n",
+                   subsystems=(), expected_failures={}, sites=(env_site,))
+    assert grade(audit2, orig, patched, {}).failures()["pkg/n.py:2"] == "imports now run before it: ['import transformers']"
     assert LineMap.of(before, before).touched(5) is False
 
 
