@@ -170,6 +170,8 @@ def test_generic_steps_against_audit(audited, tmp_path):
           f" (cpu, {total:.1f} s in all); {g.changes} changes in {g.files_changed} files, {g.findings} findings")
     print(f"  all scopes: {g.figures()}")
     print(f"  inference:  {g.figures('inference')}")
+    keep = g.of("keep")
+    print(f"  keep sites also reported as findings (not graded): {sum(r.reported for r in keep)}/{len(keep)}")
     print(f"  compiles: {'all changed files' if not g.not_compiling else sorted(g.not_compiling)};"
           f" fixpoint: {'yes' if not any(k.startswith('fixpoint') for k in failures) else 'no'}")
     if g.unaudited:
