@@ -78,6 +78,8 @@ class Site:
     scope: str
     expected: str
     no_import_above: bool = False  # keep: no import may come to run before this line
+    wrong_if: str | None = None  # change/decision: a regex over the patched lines around the site
+    #   that marks an edit as wrong (e.g. an npu branch porter wrote where npu cannot reach it)
 
     @property
     def id(self) -> str:
@@ -122,7 +124,12 @@ def load_audit(path: Path) -> Audit:
     for i, raw in enumerate(data.get("sites", [])):
         where = f"{path}: sites[{i}] ({raw.get('file')}:{raw.get('line')})"
         unknown = set(raw) - {"file", "line", "code_sha1", "category", "severity", "scope", "expected",
-                              "no_import_above"}
+                              "no_import_above", "wrong_if"}
+        if raw.get("wrong_if") is not None:
+            try:
+                re.compile(raw["wrong_if"])
+            except re.error as exc:
+                problems.append(f"{where}: wrong_if is not a regular expression: {exc}")
         if unknown:
             problems.append(f"{where}: unknown field(s) {sorted(unknown)}")
         if raw.get("severity") not in SEVERITIES:
@@ -374,6 +381,15 @@ class LineMap:
                 changed.update(range(i1, i2))
         return cls(frozenset(changed), frozenset(inserted), fwd, back)
 
+    def patched_window(self, line: int, after: list[str]) -> str:
+        """The patched lines between the nearest unchanged lines around a 1-based original line."""
+        i = line - 1
+        lo = max((k for k in self.to_patched if k < i), default=None)
+        hi = min((k for k in self.to_patched if k > i), default=None)
+        start = self.to_patched[lo] if lo is not None else 0
+        end = self.to_patched[hi] if hi is not None else len(after) - 1
+        return "\n".join(after[start:end + 1])
+
     def touched(self, line: int) -> bool:
         """A 1-based original line changed, or lines were inserted right before or after it."""
         i = line - 1
@@ -461,7 +477,8 @@ def _imports_brought_above(before: list[str], after: list[str], lm: LineMap, lin
 def grade(audit: Audit, original_root: Path, patched_root: Path, report: Mapping[str, Any]) -> Grade:
     """Grade a port of `original_root` (written to `patched_root`, described by `report`) per AUDIT.md.
 
-    change: hit when its line changed or lines were inserted right next to it.
+    change: hit when its line changed or lines were inserted right next to it, unless the patched
+      lines around it match the site's `wrong_if` (an edit known to be wrong).
     decision: covered when its line changed (or got an insertion next to it) or a finding of the
       report names that line (in the patched file's numbering, or the original's with the same code).
     keep: violated when its line changed; with `no_import_above`, also when an import now runs
@@ -494,16 +511,19 @@ def grade(audit: Audit, original_root: Path, patched_root: Path, report: Mapping
             if lm.to_original.get(fl - 1) == s.line - 1 or (fl == s.line and code and orig_code.startswith(code[:60])):
                 reported = True
                 break
+        wrong = bool(touched and s.wrong_if and re.search(s.wrong_if, lm.patched_window(s.line, after)))
         if s.severity == "change":
-            ok, why = touched, "" if touched else "not changed (no edit on or next to the line)"
+            ok, why = touched and not wrong, "" if touched else "not changed (no edit on or next to the line)"
         elif s.severity == "decision":
-            ok = touched or reported
+            ok = (touched and not wrong) or reported
             why = "" if ok else "neither changed nor reported as a finding"
         else:  # keep
             moved = _imports_brought_above(before, after, lm, s.line) if s.no_import_above else []
             changed = (s.line - 1) in lm.changed
             ok = not changed and not moved
             why = ("changed" if changed else "") + (f"imports now run before it: {moved}" if moved else "")
+        if wrong and not ok and s.severity != "keep":
+            why = f"changed, but wrongly (the patched lines match wrong_if {s.wrong_if!r})"
         g.results.append(SiteResult(s, touched, reported, ok, why))
 
     audited_lines: dict[str, set[int]] = {}

@@ -112,6 +112,12 @@ def test_grade_reads_changes_insertions_findings_and_moved_imports(tmp_path):
     assert "import transformers" in g.failures()["pkg/m.py:2"] and "torch_npu" not in g.failures()["pkg/m.py:2"]
     assert audit_drift(audit, orig) == []
 
+    # an edit the audit knows to be wrong is not a hit
+    wrong = Site("pkg/m.py", 5, code_sha1(before[4]), "other", "change", "inference", "x", wrong_if=r"'npu' if npu\(\)")
+    audit3 = Audit(path=audit.path, package="p", version="1", archive="p.whl", sha256="0" * 64, notes="n",
+                   subsystems=(), expected_failures={}, sites=(wrong,))
+    assert grade(audit3, orig, patched, {}).failures()["pkg/m.py:5"].startswith("changed, but wrongly")
+
     # an import added (not moved) above an environment line is a violation too; a function's is not
     env = ["import os", "os.environ['HF_HOME'] = '/x'", "import torch"]
     (orig / "pkg" / "n.py").write_text("\n".join(env) + "\n")
