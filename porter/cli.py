@@ -60,11 +60,18 @@ source_option = click.option(
               help="Smoke device (default: the recipe's, else auto = Ascend if present, otherwise npu-sim).")
 @click.option("--jobs", type=click.IntRange(1, 64), default=None, help="Parallel rewrite workers.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
+@click.option("--update-expect", is_flag=True,
+              help="First rewrite the recipe's expect: counts from this source (as `porter expect`).")
 def apply(recipe: Path, sources: tuple[str, ...], out: Path | None, no_smoke: bool, check: bool,
-          device: str | None, jobs: int | None, as_json: bool) -> None:
+          device: str | None, jobs: int | None, as_json: bool, update_expect: bool) -> None:
     """Apply RECIPE: write patched_models/<name>/ with port.diff, report.md and report.json."""
     from porter.port import apply as run_apply, parse_overrides
 
+    if update_expect:
+        from porter.expect import update_expect as run_update
+
+        for line in run_update(recipe, parse_overrides(sources), write=not check).lines():
+            err.print(line, markup=False)
     res = run_apply(recipe, overrides=parse_overrides(sources), out=out, smoke=not no_smoke, check=check,
                     device=device, jobs=jobs, progress=lambda m: err.print(f"[dim]porter:[/] {m}"))
     build = res.build

@@ -106,6 +106,7 @@ class Context:
 
     path: str  # posix path relative to the source root
     step: int | None = None
+    exclude_symbols: tuple[str, ...] = ()  # functions/classes (name or Class.method) left alone
 
 
 HELPER_PREFIX = "_porter_"
@@ -235,8 +236,9 @@ class Rewriter(m.MatcherDecoratableTransformer):
         return True
 
     def on_visit(self, node: cst.CSTNode) -> bool:
-        # Helpers porter wrote into a module (`def _porter_*`) call the CUDA APIs on purpose.
-        if isinstance(node, cst.FunctionDef) and node.name.value.startswith(HELPER_PREFIX):
+        # Helpers porter wrote into a module (`def _porter_*`) call the CUDA APIs on purpose;
+        # symbols the step excludes (`exclude_symbols:`) are left alone.
+        if self._left_alone(node):
             return False
         if self._stack:
             self._parents[node] = self._stack[-1]
@@ -244,10 +246,21 @@ class Rewriter(m.MatcherDecoratableTransformer):
         return super().on_visit(node)
 
     def on_leave(self, original_node: cst.CSTNode, updated_node: cst.CSTNode):  # type: ignore[override]
-        if isinstance(original_node, cst.FunctionDef) and original_node.name.value.startswith(HELPER_PREFIX):
+        if self._left_alone(original_node):
             return updated_node
         self._stack.pop()
         return super().on_leave(original_node, updated_node)
+
+    def _left_alone(self, node: cst.CSTNode) -> bool:
+        if not isinstance(node, (cst.FunctionDef, cst.ClassDef)):
+            return False
+        if isinstance(node, cst.FunctionDef) and node.name.value.startswith(HELPER_PREFIX):
+            return True
+        if not self.ctx.exclude_symbols:
+            return False
+        outer = [n.name.value for n in self._stack if isinstance(n, (cst.FunctionDef, cst.ClassDef))]
+        return node.name.value in self.ctx.exclude_symbols or ".".join(
+            outer + [node.name.value]) in self.ctx.exclude_symbols
 
     def parent(self, node: cst.CSTNode) -> cst.CSTNode | None:
         """The parent of an original node visited so far (cheaper than ParentNodeProvider)."""
