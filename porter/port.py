@@ -175,7 +175,7 @@ def apply(
         outcome.exit_code = 1
         outcome.messages = problems + [f"nothing was written to {target}"]
         if not check:  # what was found, beside the target; the package itself is not replaced
-            rejected = _write_rejected(target, build)
+            rejected = _write_rejected(target, build, problems)
             outcome.messages[-1] += f"; what this run found is in {rejected / 'report.md'}"
         return outcome
     if check:
@@ -213,12 +213,15 @@ def rejected_dir(target: Path) -> Path:
     return target.with_name(target.name + ".rejected")
 
 
-def _write_rejected(target: Path, build: PortBuild) -> Path:
+def _write_rejected(target: Path, build: PortBuild, problems: list[str]) -> Path:
     """report.md, report.json and port.diff of a run that was refused, in <target>.rejected/."""
     dest = rejected_dir(target)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     texts = {**reports(build), "port.diff": build.emitted.diff}
+    head, _, rest = texts["report.md"].partition("\n")
+    refused = "".join(f"> {p}\n" for p in problems)
+    texts["report.md"] = f"{head}\n\n**Refused: {target} was not written.**\n\n{refused}{rest}"
     for name, text in texts.items():
         (tmp / name).write_text(text, encoding="utf-8", newline="\n")
     _remove_rejected(target)

@@ -128,7 +128,7 @@ def test_drift_exits_1_naming_step_and_counts(work: Path, capsys):
     assert "expect mismatch: step 1 (widen-device-check) expected 4 matches and found 3" in err
     assert "upstream drift" not in err  # the counts were never confirmed on this source
     assert not (out / "tinytts").exists()
-    assert "expected 4" in (out / "tinytts.rejected/report.md").read_text()  # what was found, beside it
+    assert "expected 4 matches and found 3" in (out / "tinytts.rejected/report.md").read_text()  # beside it
 
 
 def test_unreadable_files_are_copied_and_reported(work: Path):
