@@ -59,7 +59,7 @@ class Draft:
         return [
             f"wrote {self.recipe} and {self.smoke_script} ({self.smoke_kind}) in {self.seconds:.1f} s",
             f"  {c['sites']} sites: {c['rewrites']} rewritten by the steps, {c['gates']} gates kept,"
-            f" {c['decisions']} decisions listed as comments; {len(self.excludes)} excludes proposed",
+            f" {c['decisions']} decision(s) listed as comments; {len(self.excludes)} exclude(s) proposed",
             f"  next: review it, then `porter apply {self.recipe}`",
         ]
 
@@ -267,16 +267,18 @@ def _render(name: str, spec: Any, fetched: Any, source: dict[str, Any], steps: l
         if step["with"]:
             out.append("    with:")
             out += [f"      {k}: {_q(v)}" for k, v in step["with"].items()]
-        if step["exclude"]:
-            out.append("    exclude:")
+        if step["exclude"] and i > 1:
+            out.append("    exclude: *cuda_only")
+        elif step["exclude"]:
+            out.append("    exclude: &cuda_only  # CUDA-only by construction, proposed by `porter scan`")
             for c in scan.cuda_only:
-                out += _comment(f"CUDA-only by construction ({c.kind}): " + "; ".join(c.evidence), "      ")
+                out += _comment(f"{c.kind}: " + "; ".join(c.evidence), "      ")
                 out.append(f"      - {_q(c.glob)}")
         out.append(f"    expect: {counts.get(i, 0)}")
         out.append(f"    reason: {_q(step['reason'])}")
         mine = [f for f in findings if f.get("step") == i]
         if mine:
-            out += _comment(f"Decisions this step reports ({len(mine)}):", "    ")
+            out += _comment(f"Decisions this step reports ({len(mine)}; lines in the patched file):", "    ")
             out += _listed(mine, "    ")
     out.append("")
     out += smoke
@@ -287,7 +289,8 @@ def _listed(findings: list[dict[str, Any]], indent: str) -> list[str]:
     lines = []
     for f in findings[:MAX_LISTED]:
         code = f.get("code", "").replace("\n", " ")[:70]
-        lines += _comment(f"- {f['file']}:{f['line']} [{f['category']}] {code} -- {f['reason'][:110]}", indent)
+        why = f["reason"] if len(f["reason"]) <= 110 else f["reason"][:107].rsplit(" ", 1)[0] + " ..."
+        lines += _comment(f"- {f['file']}:{f['line']} [{f['category']}] {code} -- {why}", indent)
     if len(findings) > MAX_LISTED:
         lines += _comment(f"... and {len(findings) - MAX_LISTED} more (see report.md after `porter apply`)", indent)
     return lines

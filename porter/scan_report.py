@@ -367,12 +367,16 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def to_markdown(res: ScanResult) -> str:
     s = summary(res)
     out = [f"# porter scan: {res.source}", "",
-           f"{s['files']} Python files, {s['lines']} lines: **{s['sites']} CUDA-specific sites**"
-           f" ({s['rewrite']} rewrite, {s['keep']} kept as gates, {s['decision']} decisions),"
-           f" {s['cuda_only']} parts CUDA-only by construction.", ""]
+           f"{s['files']} Python files, {s['lines']} lines: **{_n(s['sites'], 'CUDA-specific site')}**"
+           f" ({s['rewrite']} rewrite, {s['keep']} kept as gates, {_n(s['decision'], 'decision')}),"
+           f" {_n(s['cuda_only'], 'part')} CUDA-only by construction.", ""]
     if res.cuda_only:
         out += ["## CUDA-only by construction (proposed `exclude:`)", "",
                 "| part | kind | evidence |", "|---|---|---|"]
@@ -380,7 +384,7 @@ def to_markdown(res: ScanResult) -> str:
         out.append("")
     for name, sites in res.subsystems.items():
         counts = ", ".join(f"{sum(1 for x in sites if x.action == a)} {a}" for a in ("rewrite", "keep", "decision"))
-        out += [f"## `{name}`: {len(sites)} sites ({counts})", "",
+        out += [f"## `{name}`: {_n(len(sites), 'site')} ({counts})", "",
                 "| where | category | action | transform | code | why |", "|---|---|---|---|---|---|"]
         out += [f"| {x.file}:{x.line} | {x.category} | {x.action} | {x.transform or '(none)'} |"
                 f" `{_cell(x.code[:90])}` | {_cell(x.reason)} |" for x in sites]
