@@ -67,8 +67,8 @@ _GUARDABLE = ("deepspeed", "apex", "xformers", "bitsandbytes")
 
 def _analyse_source(path: str, text: str) -> list[Site]:
     """The sites of one Python file: porter.analysis when present, else the adapter below."""
-    if _analysis_source is not None:
-        return list(_analysis_source(path, text))
+    if _analysis_source is not None:  # sites inside code porter wrote are not upstream's
+        return [s for s in _analysis_source(path, text) if not getattr(s, "ported", False)]
     return _adapted_sites(path, text)
 
 
