@@ -74,8 +74,9 @@ def test_tinylm_draft_reads_like_a_reviewed_start(tmp_path: Path):
     assert "# vLLM/TensorRT runtime: tinylm/serving/vllm_engine.py:1: from vllm" in text
     # the compile gate the compile-bypass step reports, as a comment under that step
     block = text.split("- use: compile-bypass", 1)[1].split("- use:", 1)[0]
-    assert "# Decisions this step reports (1" in block and "[compile-gate]" in block
-    assert steps["compile-bypass"]["expect"] == 1 and steps["hardcoded-device"]["expect"] == 2
+    assert "# Decisions this step reports (" in block and "[compile-gate]" in block
+    assert "modeling_tinylm.py" in block and "kernels/" not in block  # excluded parts report nothing
+    assert steps["hardcoded-device"]["expect"] == 2  # default_device() and pick_device(device="cuda")
     assert recipe["source"] == {"path": os.path.relpath(FIXTURES / "tinylm", tmp_path / "recipes")}
     assert recipe["smoke"]["script"] == "smoke/tinylm_smoke.py" and recipe["smoke"]["run"] == ["forward"]
     script = (tmp_path / "recipes/smoke/tinylm_smoke.py").read_text()
