@@ -138,13 +138,14 @@ def _imported_module(code: str) -> str:
 
 
 # -- subsystems and what is CUDA-only by construction ------------------------------------------
-_RUNTIME = re.compile(r"^\s*(?:import|from)\s+(vllm|tensorrt_llm|tensorrt|pycuda|sglang|lmdeploy)\b", re.M)
+_TRT = re.compile(r"^(?:import|from)\s+(?:tensorrt_llm|tensorrt|pycuda)\b.*", re.M)  # module level only
+_KERNEL_DEF = re.compile(r"^\s*@triton\.(?:jit|autotune)\b|\b(?:load_inline|CUDAExtension)\(", re.M)
 _KERNEL = re.compile(r"^\s*(?:@triton\.jit|@triton\.autotune|.*\b(?:load_inline|CUDAExtension|cpp_extension\.load)\b"
                      r"|(?:import|from)\s+(?:triton|cupy|pycuda)\b)", re.M)
 _TRAIN_NAME = re.compile(r"(?i)^(train|training|trainer|trainers|finetune|fine_tune|finetuning|eval|evals|evaluation|"
                          r"evaluate|benchmark|benchmarks|bench)$")
 _TRAIN_FILE = re.compile(r"(?i)^(train|finetune|fine_tune|eval|evaluate|benchmark)[\w-]*\.py$")
-_RUNTIME_NAME = re.compile(r"(?i)(^|_)(vllm|tensorrt|trt|trtllm|tensorrt_llm|sglang)($|_)")
+_RUNTIME_NAME = re.compile(r"(?i)^(vllm|tensorrt|trt|trtllm|tensorrt_llm|sglang|lmdeploy)$")
 _KERNEL_NAME = re.compile(r"(?i)^(kernels?|csrc|cuda_kernels?|cuda|ops_cuda|triton_kernels?)$")
 _NATIVE = (".cu", ".cuh")
 
@@ -220,44 +221,52 @@ def analyse_files(files: dict[str, Path], label: str) -> ScanResult:
 
 
 def _cuda_only(files: dict[str, Path], texts: dict[str, str], res: ScanResult) -> list[CudaOnly]:
-    by_sub: dict[str, list[str]] = {}
+    """Folders and files that are CUDA-only by construction, outermost first, with the evidence.
+
+    A vendored runtime is a folder named like one (`vllm/`, `tensorrt_llm/`, `trt/`); a module that
+    merely uses an installed vLLM is not (vLLM has an Ascend plugin), one importing TensorRT or
+    PyCUDA at module level is. Kernels: a folder holding `.cu`/`.cuh` files, or a kernel-named
+    folder (`kernels/`, `csrc/`) with Triton, `load_inline` or `CUDAExtension` code, or a module
+    defining Triton kernels. Training/evaluation: a folder so named, or such a script (`__main__`).
+    """
+    dirs: dict[str, list[str]] = {}
     for rel in sorted(files):
-        by_sub.setdefault(res.subsystem_of(rel), []).append(rel)
+        parts = PurePosixPath(rel).parts
+        for i in range(1, len(parts)):
+            dirs.setdefault("/".join(parts[:i]), []).append(rel)
     out: list[CudaOnly] = []
-    flagged_files: set[str] = set()
-    for sub, members in sorted(by_sub.items()):
-        if sub == ".":
+    flagged: list[str] = []
+    for d in sorted(dirs):  # a folder sorts before the folders inside it
+        if d == res._single_top or any(d.startswith(f + "/") for f in flagged):
             continue
-        folder_parts = PurePosixPath(sub).parts
+        name = PurePosixPath(d).name
+        members = dirs[d]
         py = [m for m in members if m in texts]
-        runtime = [_evidence(m, texts[m], _RUNTIME) for m in py if _RUNTIME.search(texts[m])]
+        native = [m for m in members if m.endswith(_NATIVE) and PurePosixPath(m).parent.as_posix() == d]
         kernel = [_evidence(m, texts[m], _KERNEL) for m in py if _KERNEL.search(texts[m])]
-        native = [m for m in members if m.endswith(_NATIVE)]
-        name = folder_parts[-1]
-        if _RUNTIME_NAME.search(name) or (py and len(runtime) * 2 > len(py)):
-            out.append(CudaOnly(f"{sub}/**", "vLLM/TensorRT runtime",
-                                ((f"folder name {name!r}",) if _RUNTIME_NAME.search(name) else ()) + tuple(runtime[:5])))
-        elif native or _KERNEL_NAME.match(name) and (kernel or native) or (py and len(kernel) * 2 > len(py)):
-            ev = [f"{m}: CUDA source" for m in native[:5]] + kernel[:5]
-            out.append(CudaOnly(f"{sub}/**", "custom CUDA kernels", tuple(ev)))
+        if _RUNTIME_NAME.match(name):
+            found = CudaOnly(f"{d}/**", "vendored vLLM/TensorRT runtime",
+                             (f"folder name {name!r}: a copy of the runtime, {len(py)} Python files",))
+        elif native or (_KERNEL_NAME.match(name) and kernel):
+            found = CudaOnly(f"{d}/**", "custom CUDA kernels",
+                             tuple([f"{m}: CUDA source" for m in native[:5]] + kernel[:5]))
         elif _TRAIN_NAME.match(name):
-            n = sum(1 for s in res.sites if s.file.startswith(sub + "/"))
-            out.append(CudaOnly(f"{sub}/**", "training or evaluation",
-                                (f"folder name {name!r}: not on the inference path",
-                                 f"{len(py)} Python files, {n} CUDA-specific sites")))
+            n = sum(1 for s in res.sites if s.file.startswith(d + "/"))
+            found = CudaOnly(f"{d}/**", "training or evaluation",
+                             (f"folder name {name!r}: not on the inference path",
+                              f"{len(py)} Python files, {n} CUDA-specific sites"))
         else:
             continue
-        flagged_files.update(members)
-    # Single files inside otherwise portable folders: a vLLM backend module, a kernel module, a
-    # training entry point.
+        flagged.append(d)
+        out.append(found)
     for rel, text in sorted(texts.items()):
-        if rel in flagged_files:
+        if any(rel.startswith(f + "/") for f in flagged):
             continue
         fname = PurePosixPath(rel).name
-        if _RUNTIME.search(text):
-            out.append(CudaOnly(rel, "vLLM/TensorRT runtime", (_evidence(rel, text, _RUNTIME),)))
-        elif _KERNEL.search(text) and re.search(r"@triton\.jit|load_inline|CUDAExtension", text):
-            out.append(CudaOnly(rel, "custom CUDA kernels", (_evidence(rel, text, _KERNEL),)))
+        if _TRT.search(text):
+            out.append(CudaOnly(rel, "TensorRT/PyCUDA runtime", (_evidence(rel, text, _TRT),)))
+        elif _KERNEL_DEF.search(text):
+            out.append(CudaOnly(rel, "custom CUDA kernels", (_evidence(rel, text, _KERNEL_DEF),)))
         elif _TRAIN_FILE.match(fname) and "__main__" in text:
             out.append(CudaOnly(rel, "training or evaluation", (f"{rel}: a {fname.split('.')[0]} script (__main__)",)))
     return out

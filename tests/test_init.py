@@ -61,17 +61,19 @@ def test_draft_validates_and_applies_on_its_source(tmp_path: Path, fixture: str)
 def test_tinylm_draft_reads_like_a_reviewed_start(tmp_path: Path):
     proc = porter("init", str(FIXTURES / "tinylm"), "--name", "tinylm", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "3 exclude(s) proposed" in proc.stderr
+    assert "4 exclude(s) proposed" in proc.stderr
     text = (tmp_path / "recipes/tinylm.yaml").read_text()
     recipe = yaml.safe_load(text)
     steps = {s["use"]: s for s in recipe["steps"]}
     assert steps["lazy-import"]["with"] == {"modules": ["torchaudio"]}  # found in tinylm/audio.py
     assert "guard-import" not in steps
     for s in recipe["steps"]:  # every step leaves the CUDA-only parts out
-        assert s["exclude"] == ["tinylm/kernels/**", "tinylm/training/**", "tinylm/serving/vllm_engine.py"]
+        assert s["exclude"] == ["tinylm/kernels/**", "tinylm/third_party/vllm/**", "tinylm/training/**",
+                                "tinylm/serving/trt_engine.py"]
     # the evidence is a comment above each proposed exclude
     assert "# custom CUDA kernels: tinylm/kernels/fused_cuda.cu: CUDA source" in text
-    assert "# vLLM/TensorRT runtime: tinylm/serving/vllm_engine.py:1: from vllm" in text
+    assert "# TensorRT/PyCUDA runtime: tinylm/serving/trt_engine.py:1: import tensorrt as trt" in text
+    assert "# vendored vLLM/TensorRT runtime: folder name 'vllm'" in text
     # the compile gate the compile-bypass step reports, as a comment under that step
     block = text.split("- use: compile-bypass", 1)[1].split("- use:", 1)[0]
     assert "# Decisions this step reports (" in block and "[compile-gate]" in block
@@ -157,7 +159,7 @@ def test_init_on_a_real_pypi_package(tmp_path: Path):
     if archive is not None:
         assert hashlib.sha256(archive.read_bytes()).hexdigest() == src["sha256"]
     assert recipe["description"].startswith("OuteAI")
-    assert "outetts/models/vllm_model.py" in recipe["steps"][0]["exclude"]
+    assert "exclude" not in recipe["steps"][0]  # its vLLM backend uses an installed vLLM: not excluded
     assert report["changes"] and not report["files"]["failed"]
 
 

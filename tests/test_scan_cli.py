@@ -37,7 +37,7 @@ def test_json_lists_every_site_with_owner_by_subsystem():
     assert sites[("tinylm/kernels/fused.py", 1, "custom_kernel")]["action"] == "decision"
     # Subsystems: the folders of the one top-level package.
     names = [s["name"] for s in data["subsystems"]]
-    assert names == ["tinylm", "tinylm/kernels", "tinylm/serving", "tinylm/training"]
+    assert names == ["tinylm", "tinylm/kernels", "tinylm/serving", "tinylm/third_party", "tinylm/training"]
     assert {s["subsystem"] for s in data["sites"]} == set(names)
     assert sum(s["sites"] for s in data["subsystems"]) == data["summary"]["sites"] == len(data["sites"])
     s = data["summary"]
@@ -46,13 +46,17 @@ def test_json_lists_every_site_with_owner_by_subsystem():
 
 def test_cuda_only_parts_are_flagged_with_evidence():
     only = {c["glob"]: c for c in scan_json(TINYLM)["cuda_only"]}
-    assert set(only) == {"tinylm/kernels/**", "tinylm/training/**", "tinylm/serving/vllm_engine.py"}
+    assert set(only) == {"tinylm/kernels/**", "tinylm/third_party/vllm/**", "tinylm/training/**",
+                         "tinylm/serving/trt_engine.py"}
     assert only["tinylm/kernels/**"]["kind"] == "custom CUDA kernels"
     assert "tinylm/kernels/fused_cuda.cu: CUDA source" in only["tinylm/kernels/**"]["evidence"]
+    assert only["tinylm/third_party/vllm/**"]["kind"] == "vendored vLLM/TensorRT runtime"
     assert only["tinylm/training/**"]["kind"] == "training or evaluation"
-    assert only["tinylm/serving/vllm_engine.py"]["evidence"] == ["tinylm/serving/vllm_engine.py:1: from vllm"]
-    # The portable part of the same folder is not flagged.
-    assert "tinylm/serving/**" not in only
+    assert only["tinylm/serving/trt_engine.py"]["evidence"] == [
+        "tinylm/serving/trt_engine.py:1: import tensorrt as trt"]
+    # A module that uses an installed vLLM is not a vendored runtime (vLLM has an Ascend plugin), and
+    # the portable part of the same folder is not flagged.
+    assert "tinylm/serving/vllm_engine.py" not in only and "tinylm/serving/**" not in only
 
 
 def test_markdown_is_the_default_and_groups_by_subsystem():
