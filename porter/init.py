@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 from porter.errors import UsageError
-from porter.scan_report import ScanResult, Site, analyse_files, resolve_source
+from porter.scan_report import ScanResult, analyse_files, resolve_source
 
 # The generic steps, in the README's documented order, with the reason each one gives.
 GENERIC_STEPS: tuple[tuple[str, str], ...] = (

@@ -168,14 +168,13 @@ class ScanResult:
     subsystems: dict[str, list[Site]] = field(default_factory=dict)
     cuda_only: list[CudaOnly] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    single_top: str | None = None  # the one top-level package all code lives in, if any
 
     def count(self, action: str) -> int:
         return sum(1 for s in self.sites if s.action == action)
 
     def subsystem_of(self, path: str) -> str:
-        return _subsystem(path, self._single_top)
-
-    _single_top: str | None = None
+        return _subsystem(path, self.single_top)
 
 
 def _single_top(paths: Iterable[str]) -> str | None:
@@ -197,7 +196,7 @@ def analyse_files(files: dict[str, Path], label: str) -> ScanResult:
     """Sites and CUDA-only parts of a tree given as {relative posix path: file on disk}."""
     py = sorted(p for p in files if p.endswith(".py"))
     res = ScanResult(source=label)
-    res._single_top = _single_top(py)
+    res.single_top = _single_top(py)
     texts: dict[str, str] = {}
     for rel in py:
         try:
@@ -237,7 +236,7 @@ def _cuda_only(files: dict[str, Path], texts: dict[str, str], res: ScanResult) -
     out: list[CudaOnly] = []
     flagged: list[str] = []
     for d in sorted(dirs):  # a folder sorts before the folders inside it
-        if d == res._single_top or any(d.startswith(f + "/") for f in flagged):
+        if d == res.single_top or any(d.startswith(f + "/") for f in flagged):
             continue
         name = PurePosixPath(d).name
         members = dirs[d]
