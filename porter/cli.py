@@ -33,6 +33,9 @@ def cli() -> None:
     porter transforms                       every transform, one line each
     porter explain widen-device-check       a transform's doc, params and examples
     porter validate RECIPE                  check a recipe without fetching anything
+    porter scan pypi:outetts==0.4.4         every CUDA-specific site, by subsystem (md/json/sarif)
+    porter init pypi:outetts==0.4.4 --name outetts   draft recipes/outetts.yaml (+ smoke script)
+    porter expect RECIPE                    rewrite the recipe's expect: counts from this source
     porter remap SRC DST --rules r.yaml     rename checkpoint keys (safetensors), --verify
     porter npu-kernels 2.14.0               regenerate the NPU kernel list from a torch_npu wheel
 
@@ -59,11 +62,18 @@ source_option = click.option(
               help="Smoke device (default: the recipe's, else auto = Ascend if present, otherwise npu-sim).")
 @click.option("--jobs", type=click.IntRange(1, 64), default=None, help="Parallel rewrite workers.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
+@click.option("--update-expect", is_flag=True,
+              help="First rewrite the recipe's expect: counts from this source (as `porter expect`).")
 def apply(recipe: Path, sources: tuple[str, ...], out: Path | None, no_smoke: bool, check: bool,
-          device: str | None, jobs: int | None, as_json: bool) -> None:
+          device: str | None, jobs: int | None, as_json: bool, update_expect: bool) -> None:
     """Apply RECIPE: write patched_models/<name>/ with port.diff, report.md and report.json."""
     from porter.port import apply as run_apply, parse_overrides
 
+    if update_expect:
+        from porter.expect import update_expect as run_update
+
+        for line in run_update(recipe, parse_overrides(sources), write=not check).lines():
+            err.print(line, markup=False)
     res = run_apply(recipe, overrides=parse_overrides(sources), out=out, smoke=not no_smoke, check=check,
                     device=device, jobs=jobs, progress=lambda m: err.print(f"[dim]porter:[/] {m}"))
     build = res.build
@@ -171,6 +181,66 @@ def explain(name: str) -> None:
             out.append(textwrap.indent(ex.after.rstrip(), "    + "))
         out.append("")
     click.echo("\n".join(out).rstrip())
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--format", "fmt", type=click.Choice(["md", "json", "sarif"]), default="md", show_default=True,
+              help="md for a terminal or a PR, json for tools, sarif (2.1.0) for GitHub code scanning.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write to this file instead of stdout.")
+def scan(source: str, fmt: str, output: Path | None) -> None:
+    """List every CUDA-specific site of SOURCE with its classification and owning transform.
+
+    SOURCE: a recipe, a local directory, pypi:NAME==VERSION, git:URL@SHA40, hub:REPO@REVISION
+    or ms:REPO@REVISION. Sites are grouped by subsystem; parts that are CUDA-only by
+    construction (vLLM/TensorRT runtimes, custom kernels, training/evaluation) are flagged.
+    """
+    from porter.scan_report import render, scan as run_scan, summary
+
+    res = run_scan(source)
+    text = render(res, fmt)
+    if output is not None:
+        output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    s = summary(res)
+    err.print(f"{s['sites']} sites ({s['rewrite']} rewrite, {s['keep']} keep, {s['decision']} decision) in"
+              f" {s['files']} files; {s['cuda_only']} CUDA-only parts" + (f"; wrote {output}" if output else ""))
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--name", required=True, help="Recipe name (lowercase): patched_models/<name>/.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the recipe (default: recipes/<name>.yaml).")
+@click.option("--force", is_flag=True, help="Overwrite an existing recipe and smoke script.")
+def init(source: str, name: str, out: Path | None, force: bool) -> None:
+    """Draft a recipe for SOURCE: pinned source, the generic steps, expect counts, excludes, smoke.
+
+    SOURCE: a local directory, pypi:NAME==VERSION, git:URL@SHA40, hub:REPO@REVISION or
+    ms:REPO@REVISION. The draft validates and applies on SOURCE; review it before committing.
+    """
+    from porter.init import draft
+
+    res = draft(source, name, out=out, force=force, progress=lambda m: err.print(f"[dim]porter:[/] {m}"))
+    for line in res.summary_lines():
+        err.print(line)
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@source_option
+@click.option("--check", is_flag=True, help="Change nothing; exit 1 when a count differs.")
+def expect(recipe: Path, sources: tuple[str, ...], check: bool) -> None:
+    """Rewrite RECIPE's expect: counts in place from what its steps match now (comments kept)."""
+    from porter.expect import update_expect
+    from porter.port import parse_overrides
+
+    res = update_expect(recipe, parse_overrides(sources), write=not check)
+    for line in res.lines():
+        err.print(line, markup=False)
+    raise SystemExit(1 if check and res.changed else 0)
 
 
 def _add_optional_commands() -> None:

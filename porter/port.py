@@ -57,7 +57,8 @@ def parse_overrides(values: tuple[str, ...] | list[str]) -> dict[str | None, Pat
 
 def plan(loaded: LoadedRecipe) -> tuple[StepPlan, ...]:
     return tuple(
-        StepPlan(index=i, transform=t, files=step.files or t.default_files, exclude=step.exclude)
+        StepPlan(index=i, transform=t, files=step.files or t.default_files, exclude=step.exclude,
+                 exclude_symbols=step.exclude_symbols)
         for i, (step, t) in enumerate(zip(loaded.recipe.steps, loaded.transforms), start=1)
     )
 
@@ -171,14 +172,26 @@ def _dump(model: Any) -> Any:
     return model.model_dump(mode="json", by_alias=True) if hasattr(model, "model_dump") else model
 
 
-def _problems(build: PortBuild) -> list[str]:
+def _problems(build: PortBuild, target: Path | None = None) -> list[str]:
     out = []
+    where = ', '.join(x['kind'] + ' ' + str(x.get('requirement') or x.get('path') or x.get('url') or x.get('repo'))
+                      for x in build.report['sources'])
+    # "upstream drift" only when the counts were confirmed by a clean apply to `target` and the
+    # source has changed since; otherwise the recipe's counts were never confirmed on this source.
+    previous = _clean_report(target)
+    manifest = build.report["inputs"]["manifest_sha256"]
+    drifted = previous is not None and previous.get("inputs", {}).get("manifest_sha256") != manifest
     for s in build.drift:
-        out.append(
-            f"upstream drift: step {s['index']} ({s['use']}) expected {s['expect']} matches and found"
-            f" {s['matched']} on {', '.join(x['kind'] + ' ' + str(x.get('requirement') or x.get('path') or x.get('url') or x.get('repo')) for x in build.report['sources'])};"
-            " update the recipe for the new upstream (run `porter diff` to see what the steps do now)"
-        )
+        head = f"step {s['index']} ({s['use']}) expected {s['expect']} matches and found {s['matched']} on {where}"
+        if drifted:
+            out.append(f"upstream drift: {head}; the source changed since the last clean apply to {target}:"
+                       " update the recipe for the new upstream (run `porter diff` to see what the steps do now)")
+        else:
+            why = (f"this recipe has not applied cleanly to {target} before, so its counts were never confirmed"
+                   if previous is None else f"the source is the one of the last clean apply to {target}, so the"
+                   " recipe's steps (or porter) changed")
+            out.append(f"expect mismatch: {head}; {why}. Review `porter diff`, then `porter expect RECIPE`"
+                       " (or `porter apply --update-expect`) takes the counts from this source")
     for f in build.result.by_status("failed"):
         out.append(f"{f.path}: {f.reason}")
     return out
@@ -225,10 +238,13 @@ def apply(
     roots = [f.root for f in build.tree.sources]
     if not check:
         emit.check_target(target, out or DEFAULT_OUT, roots, loaded.path)
-    problems = _problems(build)
+    problems = _problems(build, target)
     if problems:
         outcome.exit_code = 1
         outcome.messages = problems + [f"nothing was written to {target}"]
+        if not check:  # what was found, beside the target; the package itself is not replaced
+            rejected = _write_rejected(target, build, problems)
+            outcome.messages[-1] += f"; what this run found is in {rejected / 'report.md'}"
         return outcome
     if check:
         emit.check_links(target, out or DEFAULT_OUT)
@@ -243,6 +259,7 @@ def apply(
         emit.check_target(target, out or DEFAULT_OUT, roots, loaded.path)
         progress(f"writing {target}")
         emit.write(target, build.emitted, reports(build))
+        _remove_rejected(target)
         if smoke and loaded.recipe.smoke is not None:
             progress("running smoke inference")
             outcome.smoke = _run_smoke(loaded, target, device)
@@ -255,6 +272,46 @@ def apply(
                     failures.append(error.message)
                 outcome.messages.append("smoke test failed: " + ("; ".join(failures) or f"see {target}/report.md"))
     return outcome
+
+
+def _clean_report(target: Path | None) -> dict[str, Any] | None:
+    """report.json of the last apply that wrote `target` (only a clean apply writes it)."""
+    path = None if target is None else target / "report.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path is not None and path.is_file() else None
+    except (ValueError, OSError):
+        return None
+    return data if isinstance(data, dict) and "porter_version" in data else None
+
+
+def rejected_dir(target: Path) -> Path:
+    return target.with_name(target.name + ".rejected")
+
+
+def _write_rejected(target: Path, build: PortBuild, problems: list[str]) -> Path:
+    """report.md, report.json and port.diff of a run that was refused, in <target>.rejected/."""
+    dest = rejected_dir(target)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    texts = {**reports(build), "port.diff": build.emitted.diff}
+    head, _, rest = texts["report.md"].partition("\n")
+    refused = "".join(f"> {p}\n" for p in problems)
+    texts["report.md"] = f"{head}\n\n**Refused: {target} was not written.**\n\n{refused}{rest}"
+    for name, text in texts.items():
+        (tmp / name).write_text(text, encoding="utf-8", newline="\n")
+    _remove_rejected(target)
+    os.rename(tmp, dest)
+    return dest
+
+
+def _remove_rejected(target: Path) -> None:
+    dest = rejected_dir(target)
+    if dest.is_symlink():  # only the link is ours to remove, never what it points to
+        dest.unlink()
+    elif dest.is_dir():
+        import shutil
+
+        shutil.rmtree(dest)
 
 
 def _run_smoke(loaded: LoadedRecipe, target: Path, device: str | None) -> Any:

@@ -273,6 +273,8 @@ class Step(BaseModel):
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
     files: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
+    exclude_symbols: tuple[str, ...] = Field(
+        (), description="functions or classes (`name` or `Class.method`) the step leaves alone")
     expect: int | None = Field(None, ge=0, description="matches expected on the pinned source")
     reason: str = ""
 
@@ -281,6 +283,14 @@ class Step(BaseModel):
     def _globs(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
         for g in v or ():
             check_glob(g)
+        return v
+
+    @field_validator("exclude_symbols")
+    @classmethod
+    def _symbols(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", name):
+                raise ValueError(f"{name!r} is not a function or class name (`name` or `Class.method`)")
         return v
 
 

@@ -38,6 +38,7 @@ class StepPlan:
     transform: Transform
     files: tuple[str, ...]
     exclude: tuple[str, ...] = ()
+    exclude_symbols: tuple[str, ...] = ()
 
     def wants(self, path: str) -> bool:
         return any(_glob(g).match(path) for g in self.files) and not any(
@@ -134,7 +135,7 @@ def rewrite_file(path: str, data: bytes, steps: tuple[StepPlan, ...]) -> FileRes
         t = step.transform
         if not t.could_match(text):
             continue
-        ctx = Context(path=path, step=step.index)
+        ctx = Context(path=path, step=step.index, exclude_symbols=step.exclude_symbols)
         try:
             if isinstance(t, PythonTransform) and path.endswith((".py", ".pyi")):
                 if module is None:

@@ -151,8 +151,10 @@ def test_drift_exits_1_naming_step_and_counts(work: Path, capsys):
     out = work / "out"
     assert run("apply", str(recipe), "--out", str(out), "--no-smoke") == 1
     err = capsys.readouterr().err
-    assert "step 1 (widen-device-check) expected 4 matches and found 3" in err
-    assert not out.exists()
+    assert "expect mismatch: step 1 (widen-device-check) expected 4 matches and found 3" in err
+    assert "upstream drift" not in err  # the counts were never confirmed on this source
+    assert not (out / "tinytts").exists()
+    assert "expected 4 matches and found 3" in (out / "tinytts.rejected/report.md").read_text()  # beside it
 
 
 def test_unreadable_files_are_copied_and_reported(work: Path):
@@ -182,7 +184,8 @@ def test_failed_run_leaves_previous_output_intact(work: Path):
     recipe.write_text(recipe.read_text().replace("expect: 1", "expect: 2"))
     assert run("apply", str(recipe), "--out", str(out), "--no-smoke") == 1
     assert tree_bytes(out / "tinytts") == before
-    assert [p.name for p in out.iterdir()] == ["tinytts"]  # no temporary directories left
+    # no temporary directories left; the refused run's report is beside the package
+    assert sorted(p.name for p in out.iterdir()) == ["tinytts", "tinytts.rejected"]
 
 
 def test_source_override_unknown_id_is_a_usage_error(work: Path, capsys):

@@ -40,6 +40,7 @@ def build_report(
             "with": transform.params.model_dump(mode="json"),
             "files": list(step.files or transform.default_files),
             "exclude": list(step.exclude),
+            **({"exclude_symbols": list(step.exclude_symbols)} if step.exclude_symbols else {}),
             "expect": step.expect,
             "matched": matched,
             "findings": sum(1 for f in result.findings if f.step == i),

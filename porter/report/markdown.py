@@ -37,7 +37,7 @@ def render_markdown(report: dict[str, Any], sections: list[str] | None = None) -
         f"- changes: {len(r['changes'])} in {len(files['changed'])} files"
         f" ({files['unchanged']} files unchanged, {len(files['skipped'])} skipped, {len(files['failed'])} failed)",
         f"- findings left for review: {len(r['findings'])}",
-        f"- upstream drift: {', '.join('step ' + str(s['index']) for s in drift) or 'none'}",
+        f"- expect: counts that differ: {', '.join('step ' + str(s['index']) for s in drift) or 'none'}",
         "",
         "## Provenance",
         "",

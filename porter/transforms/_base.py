@@ -106,6 +106,7 @@ class Context:
 
     path: str  # posix path relative to the source root
     step: int | None = None
+    exclude_symbols: tuple[str, ...] = ()  # functions/classes (name or Class.method) left alone
 
 
 HELPER_PREFIX = "_porter_"
@@ -243,8 +244,9 @@ class Rewriter(cst.CSTTransformer):
         return True
 
     def on_visit(self, node: cst.CSTNode) -> bool:
-        # Helpers porter wrote into a module (`def _porter_*`) call the CUDA APIs on purpose.
-        if type(node) is cst.FunctionDef and node.name.value.startswith(HELPER_PREFIX):  # type: ignore[attr-defined]
+        # Helpers porter wrote into a module (`def _porter_*`) call the CUDA APIs on purpose;
+        # symbols the step excludes (`exclude_symbols:`) are left alone.
+        if self._left_alone(node):
             return False
         if self._stack:
             self._parents[node] = self._stack[-1]
@@ -253,7 +255,7 @@ class Rewriter(cst.CSTTransformer):
         return visit is None or visit(self, node) is not False
 
     def on_leave(self, original_node: cst.CSTNode, updated_node: cst.CSTNode):  # type: ignore[override]
-        if type(original_node) is cst.FunctionDef and original_node.name.value.startswith(HELPER_PREFIX):  # type: ignore[attr-defined]
+        if self._left_alone(original_node):
             return updated_node
         self._stack.pop()
         leave = self._handlers(type(original_node))[1]
@@ -274,6 +276,18 @@ class Rewriter(cst.CSTTransformer):
             found = Rewriter._methods[key] = (getattr(cls, f"visit_{kind.__name__}", None),
                                               getattr(cls, f"leave_{kind.__name__}", None))
         return found
+
+    def _left_alone(self, node: cst.CSTNode) -> bool:
+        kind = type(node)
+        if kind is not cst.FunctionDef and kind is not cst.ClassDef:
+            return False
+        if kind is cst.FunctionDef and node.name.value.startswith(HELPER_PREFIX):  # type: ignore[attr-defined]
+            return True
+        if not self.ctx.exclude_symbols:
+            return False
+        outer = [n.name.value for n in self._stack if isinstance(n, (cst.FunctionDef, cst.ClassDef))]
+        name = node.name.value  # type: ignore[attr-defined]
+        return name in self.ctx.exclude_symbols or ".".join(outer + [name]) in self.ctx.exclude_symbols
 
     def parent(self, node: cst.CSTNode) -> cst.CSTNode | None:
         """The parent of an original node visited so far (cheaper than ParentNodeProvider)."""

@@ -1,0 +1,487 @@
+"""`porter scan SOURCE`: every CUDA-specific site of an upstream, by subsystem, for a person or a tool.
+
+SOURCE is a recipe, a local directory or a one-line source spec (`pypi:NAME==VERSION`,
+`git:URL@SHA40`, `hub:REPO@REVISION`, `ms:REPO@REVISION`). Each site comes from the site analysis
+(`porter.analysis`: category, rewrite / keep / decision, the transform that owns it); this module
+groups them by subsystem (a top-level folder, or the folders of the one top-level package), flags
+the parts of the tree that are CUDA-only by construction (a vendored vLLM or TensorRT runtime,
+custom-kernel folders, training or evaluation scripts) with the evidence, and renders the result
+as Markdown, JSON or SARIF 2.1.0 (GitHub code scanning shows SARIF results inline in a PR).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterable
+
+from porter import __version__
+
+# -- the site analysis ------------------------------------------------------------------------
+# porter.analysis (one analysis behind the transforms and the scan) is the source of truth. Until
+# it is on this branch, `_adapted_sites` maps today's porter.scan sites onto its contract; the
+# switch is `_analyse_source` alone.
+try:  # pragma: no cover - depends on which branches are merged
+    from porter.analysis import Site, analyse_source as _analysis_source  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover
+    _analysis_source = None
+
+    @dataclass(frozen=True)
+    class Site:  # type: ignore[no-redef]
+        """One CUDA-specific site (the contract of porter.analysis.Site)."""
+
+        file: str
+        line: int
+        end_line: int
+        category: str
+        action: str  # "rewrite" | "keep" | "decision"
+        transform: str | None
+        code: str
+        reason: str
+        context: str = ""
+
+
+CATEGORIES = {
+    "device_check": "a device compared with \"cuda\" (or `.is_cuda`): npu takes the CUDA branch",
+    "compile_gate": "a device check that switches torch.compile or CUDA graphs on: stays CUDA-only",
+    "kernel_gate": "a device check that enables a custom CUDA kernel: stays CUDA-only",
+    "hardcoded_device": "a hard-coded CUDA device (\"cuda\", .cuda(), map_location/device_map)",
+    "cuda_api": "a torch.cuda call (npu counterpart, CUDA-only property, or availability test)",
+    "autocast": "a CUDA autocast region or autocast state query",
+    "compile": "torch.compile or CUDA-graph capture",
+    "attention_backend": "a flash-attention request, call or SDPA backend choice",
+    "cuda_only_import": "an import of a package that is CUDA-only or may not load (flash_attn, deepspeed, ...)",
+    "custom_kernel": "a custom CUDA kernel (triton, cpp_extension, CuPy, nvcc)",
+    "dtype": "a dtype choice tied to CUDA (bf16/fp16 support, TF32)",
+    "other": "another CUDA-specific construct",
+}
+LEVEL = {"rewrite": "note", "keep": "note", "decision": "warning"}
+_CUDA_ONLY_API = re.compile(r"get_device_capability|get_device_properties|get_arch_list|nvtx|cudart|"
+                            r"ipc_collect|jiterator|_C\.|current_blas_handle|is_bf16_supported")
+_KERNEL_MODULES = ("triton", "cupy", "pycuda", "numba", "grouped_gemm", "mamba_ssm", "causal_conv1d")
+_GUARDABLE = ("deepspeed", "apex", "xformers", "bitsandbytes")
+
+
+def _analyse_source(path: str, text: str) -> list[Site]:
+    """The sites of one Python file: porter.analysis when present, else the adapter below."""
+    if _analysis_source is not None:  # sites inside code porter wrote are not upstream's
+        return [s for s in _analysis_source(path, text) if not getattr(s, "ported", False)]
+    return _adapted_sites(path, text)
+
+
+def _adapted_sites(path: str, text: str) -> list[Site]:
+    from porter.scan import scan_source
+
+    lines = text.splitlines()
+    out = []
+    for s in scan_source(text):
+        if s.in_helper:
+            continue
+        code = lines[s.line - 1].strip()[:160] if 0 < s.line <= len(lines) else s.what
+        cat, action, owner, reason = _classify(s, code)
+        out.append(Site(file=path, line=s.line, end_line=s.line, category=cat, action=action, transform=owner,
+                        code=code, reason=reason, context=s.what))
+    return out
+
+
+def _classify(s: Any, code: str) -> tuple[str, str, str | None, str]:
+    """(category, action, owning transform, reason) for a site of today's porter.scan."""
+    what = s.what
+    if s.optional_import:
+        return ("cuda_only_import", "keep", None, "optional import inside try/except: the module imports without it")
+    if s.category == "device-comparison":
+        if s.compile_gate:
+            return ("compile_gate", "keep", "widen-device-check",
+                    "guards torch.compile or CUDA graphs: kept CUDA-only, npu runs eagerly")
+        if s.compile_path:
+            return ("device_check", "keep", "widen-device-check", "on the compile path behind a CUDA-only gate")
+        return ("device_check", "rewrite", "widen-device-check", "npu takes the CUDA branch")
+    if s.category == "cuda-api":
+        if s.compile_path:
+            return ("cuda_api", "keep", "cuda-api", "on the compile path behind a CUDA-only gate")
+        if "mem_get_info" in what:
+            return ("cuda_api", "rewrite", "mem-get-info", "answers on npu with torch_npu's real free/total memory")
+        if what.endswith("is_available()"):
+            return ("cuda_api", "keep", "cuda-api",
+                    "False on npu: widened only where the code it guards follows the device")
+        if _CUDA_ONLY_API.search(what):
+            return ("cuda_api", "decision", "cuda-api", "a CUDA-only property or API with no usable npu answer")
+        return ("cuda_api", "rewrite", "cuda-api", "follows the device in use (torch_npu has the counterpart)")
+    if s.category == "flash-attention":
+        if what.startswith(("import", "from")):
+            return ("cuda_only_import", "rewrite", "attention-fallback", "flash_attn has no Ascend build")
+        return ("attention_backend", "rewrite", "attention-fallback", "falls back to SDPA on npu; CUDA keeps flash")
+    if s.category == "compile":
+        return ("compile", "rewrite", "compile-bypass", "stays off on npu; CUDA compiles as before")
+    if s.category == "autocast":
+        return ("autocast", "rewrite", "autocast-device", "follows the device instead of switching off on npu")
+    if s.category == "hardcoded-device":
+        return ("hardcoded_device", "rewrite", "hardcoded-device", "a run-time choice: npu when available")
+    if s.category == "cuda-only-import":
+        module = _imported_module(what)
+        if "nccl" in what:
+            return ("cuda_only_import", "decision", None, "NCCL is CUDA's collective backend (Ascend: hccl)")
+        if module in _KERNEL_MODULES:
+            return ("custom_kernel", "decision", None, f"{module} kernels are CUDA code: no npu build")
+        if module in _GUARDABLE:
+            return ("cuda_only_import", "rewrite", "guard-import", f"{module} may be installed yet fail to load")
+        return ("cuda_only_import", "decision", None, f"{module or 'the package'} is CUDA-only")
+    return ("other", "decision", None, "CUDA-specific")
+
+
+def _imported_module(code: str) -> str:
+    m = re.match(r"\s*(?:from\s+([\w.]+)\s+import|import\s+([\w.]+))", code)
+    return (m.group(1) or m.group(2)).split(".")[0] if m else ""
+
+
+# -- subsystems and what is CUDA-only by construction ------------------------------------------
+_TRT = re.compile(r"^(?:import|from)\s+(?:tensorrt_llm|tensorrt|pycuda)\b.*", re.M)  # module level only
+_KERNEL_DEF = re.compile(r"^\s*@triton\.(?:jit|autotune)\b|\b(?:load_inline|CUDAExtension)\(", re.M)
+_KERNEL = re.compile(r"^\s*(?:@triton\.jit|@triton\.autotune|.*\b(?:load_inline|CUDAExtension|cpp_extension\.load)\b"
+                     r"|(?:import|from)\s+(?:triton|cupy|pycuda)\b)", re.M)
+_TRAIN_NAME = re.compile(r"(?i)^(train|training|trainer|trainers|finetune|fine_tune|finetuning|eval|evals|evaluation|"
+                         r"evaluate|benchmark|benchmarks|bench)$")
+_TRAIN_FILE = re.compile(r"(?i)^(train|finetune|fine_tune|eval|evaluate|benchmark)[\w-]*\.py$")
+_RUNTIME_NAME = re.compile(r"(?i)^(vllm|tensorrt|trt|trtllm|tensorrt_llm|sglang|lmdeploy)$")
+_KERNEL_NAME = re.compile(r"(?i)^(kernels?|csrc|cuda_kernels?|cuda|ops_cuda|triton_kernels?)$")
+_NATIVE = (".cu", ".cuh")
+
+
+@dataclass(frozen=True)
+class CudaOnly:
+    """A part of the tree that is CUDA-only by construction (proposed as `exclude:`)."""
+
+    glob: str  # "pkg/training/**" or one file
+    kind: str  # "vLLM/TensorRT runtime" | "custom CUDA kernels" | "training or evaluation"
+    evidence: tuple[str, ...]
+
+
+@dataclass
+class ScanResult:
+    source: str
+    files: int = 0  # Python files analysed
+    lines: int = 0
+    sites: list[Site] = field(default_factory=list)
+    subsystems: dict[str, list[Site]] = field(default_factory=dict)
+    cuda_only: list[CudaOnly] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    single_top: str | None = None  # the one top-level package all code lives in, if any
+
+    def count(self, action: str) -> int:
+        return sum(1 for s in self.sites if s.action == action)
+
+    def subsystem_of(self, path: str) -> str:
+        return _subsystem(path, self.single_top)
+
+
+def _single_top(paths: Iterable[str]) -> str | None:
+    """The one top-level package all code lives in (a wheel's `pkg/`), or None."""
+    tops = {PurePosixPath(p).parts[0] for p in paths if len(PurePosixPath(p).parts) > 1}
+    return next(iter(tops)) if len(tops) == 1 else None
+
+
+def _subsystem(path: str, single_top: str | None) -> str:
+    parts = PurePosixPath(path).parts
+    if len(parts) == 1:
+        return "."
+    if single_top and parts[0] == single_top and len(parts) > 2:
+        return f"{parts[0]}/{parts[1]}"
+    return parts[0]
+
+
+def analyse_files(files: dict[str, Path], label: str) -> ScanResult:
+    """Sites and CUDA-only parts of a tree given as {relative posix path: file on disk}."""
+    py = sorted(p for p in files if p.endswith(".py"))
+    res = ScanResult(source=label)
+    res.single_top = _single_top(py)
+    texts: dict[str, str] = {}
+    for rel in py:
+        try:
+            text = files[rel].read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            res.skipped.append((rel, f"not UTF-8 (byte {exc.start})"))
+            continue
+        except OSError as exc:
+            res.skipped.append((rel, f"cannot be read: {exc.strerror}"))
+            continue
+        texts[rel] = text
+        res.files += 1
+        res.lines += text.count("\n") + 1
+        res.sites.extend(_analyse_source(rel, text))
+    res.sites.sort(key=lambda s: (s.file, s.line, s.category))
+    for s in res.sites:
+        res.subsystems.setdefault(res.subsystem_of(s.file), []).append(s)
+    res.subsystems = dict(sorted(res.subsystems.items()))
+    res.cuda_only = _cuda_only(files, texts, res)
+    return res
+
+
+def _cuda_only(files: dict[str, Path], texts: dict[str, str], res: ScanResult) -> list[CudaOnly]:
+    """Folders and files that are CUDA-only by construction, outermost first, with the evidence.
+
+    A vendored runtime is a folder named like one (`vllm/`, `tensorrt_llm/`, `trt/`); a module that
+    merely uses an installed vLLM is not (vLLM has an Ascend plugin), one importing TensorRT or
+    PyCUDA at module level is. Kernels: a folder holding `.cu`/`.cuh` files, or a kernel-named
+    folder (`kernels/`, `csrc/`) with Triton, `load_inline` or `CUDAExtension` code, or a module
+    defining Triton kernels. Training/evaluation: a folder so named, or such a script (`__main__`).
+    """
+    dirs: dict[str, list[str]] = {}
+    for rel in sorted(files):
+        parts = PurePosixPath(rel).parts
+        for i in range(1, len(parts)):
+            dirs.setdefault("/".join(parts[:i]), []).append(rel)
+    out: list[CudaOnly] = []
+    flagged: list[str] = []
+    for d in sorted(dirs):  # a folder sorts before the folders inside it
+        if d == res.single_top or any(d.startswith(f + "/") for f in flagged):
+            continue
+        name = PurePosixPath(d).name
+        members = dirs[d]
+        py = [m for m in members if m in texts]
+        native = [m for m in members if m.endswith(_NATIVE) and PurePosixPath(m).parent.as_posix() == d]
+        kernel = [_evidence(m, texts[m], _KERNEL) for m in py if _KERNEL.search(texts[m])]
+        if _RUNTIME_NAME.match(name):
+            found = CudaOnly(f"{d}/**", "vendored vLLM/TensorRT runtime",
+                             (f"folder name {name!r}: a copy of the runtime, {len(py)} Python files",))
+        elif native or (_KERNEL_NAME.match(name) and kernel):
+            found = CudaOnly(f"{d}/**", "custom CUDA kernels",
+                             tuple([f"{m}: CUDA source" for m in native[:5]] + kernel[:5]))
+        elif _TRAIN_NAME.match(name):
+            n = sum(1 for s in res.sites if s.file.startswith(d + "/"))
+            found = CudaOnly(f"{d}/**", "training or evaluation",
+                             (f"folder name {name!r}: not on the inference path",
+                              f"{len(py)} Python files, {n} CUDA-specific sites"))
+        else:
+            continue
+        flagged.append(d)
+        out.append(found)
+    for rel, text in sorted(texts.items()):
+        if any(rel.startswith(f + "/") for f in flagged):
+            continue
+        fname = PurePosixPath(rel).name
+        if _TRT.search(text):
+            out.append(CudaOnly(rel, "TensorRT/PyCUDA runtime", (_evidence(rel, text, _TRT),)))
+        elif _KERNEL_DEF.search(text):
+            out.append(CudaOnly(rel, "custom CUDA kernels", (_evidence(rel, text, _KERNEL_DEF),)))
+        elif _TRAIN_FILE.match(fname) and "__main__" in text:
+            out.append(CudaOnly(rel, "training or evaluation", (f"{rel}: a {fname.split('.')[0]} script (__main__)",)))
+    return out
+
+
+def _evidence(rel: str, text: str, pattern: re.Pattern[str]) -> str:
+    m = pattern.search(text)
+    assert m is not None
+    line = text.count("\n", 0, m.start()) + 1
+    return f"{rel}:{line}: {m.group(0).strip()[:100]}"
+
+
+# -- sources ----------------------------------------------------------------------------------
+def resolve_source(text: str) -> tuple[Any, Path]:
+    """SOURCE as given on the command line -> (a recipe Source, the directory it is relative to)."""
+    try:
+        from porter.source import parse_spec  # type: ignore[attr-defined]
+    except ImportError:  # pragma: no cover - the shared parser lives in porter.source
+        parse_spec = _parse_spec
+    return parse_spec(text), Path.cwd()
+
+
+SPEC_FORMS = "pypi:NAME==VERSION, git:URL@SHA40, hub:REPO@REVISION, ms:REPO@REVISION, a recipe, or a local directory"
+
+
+def _parse_spec(text: str) -> Any:
+    """Fallback of porter.source.parse_spec (the same forms)."""
+    from pydantic import ValidationError
+
+    from porter.errors import UsageError
+    from porter.recipe import Source
+
+    text = text.strip()
+    kind, sep, rest = text.partition(":")
+    try:
+        if sep and kind == "pypi":
+            fields: dict[str, Any] = {"pypi": rest}
+        elif sep and kind == "git":
+            url, at, rev = rest.rpartition("@")
+            if not at or not re.fullmatch(r"[0-9a-f]{40}", rev):
+                raise ValueError("git: specs end with @ and the full 40-character commit sha")
+            fields = {"git": url, "rev": rev}
+        elif sep and kind in ("hub", "ms", "modelscope"):
+            repo, at, revision = rest.rpartition("@")
+            if not at or not repo:
+                raise ValueError(f"{kind}: specs are {kind}:REPO@REVISION")
+            fields = {"hub" if kind == "hub" else "modelscope": repo, "revision": revision}
+        elif text and Path(text).expanduser().is_dir():
+            fields = {"path": str(Path(text).expanduser().resolve())}
+        else:
+            raise ValueError("not a source spec or an existing directory")
+        return Source.model_validate(fields)
+    except ValidationError as exc:
+        why = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+    except ValueError as exc:
+        why = str(exc)
+    raise UsageError(f"source {text!r}: {why}\n  expected {SPEC_FORMS}")
+
+
+def is_recipe(text: str) -> bool:
+    return text.endswith((".yaml", ".yml")) and Path(text).is_file()
+
+
+def scan(source: str) -> ScanResult:
+    """Fetch SOURCE (cached) and analyse every Python file in it."""
+    from porter.source import fetch_tree
+
+    if is_recipe(source):
+        from porter.recipe import load_recipe
+
+        loaded = load_recipe(source)
+        tree = fetch_tree(loaded.recipe.sources, loaded.path.parent, {})
+        label = f"{source} ({', '.join(s.label for s in loaded.recipe.sources)})"
+    else:
+        spec, base = resolve_source(source)
+        tree = fetch_tree((spec,), base, {})
+        label = source
+    res = analyse_files(tree.files, label)
+    res.skipped[:0] = tree.skipped
+    return res
+
+
+# -- rendering --------------------------------------------------------------------------------
+def summary(res: ScanResult) -> dict[str, Any]:
+    return {"files": res.files, "lines": res.lines, "sites": len(res.sites), "rewrite": res.count("rewrite"),
+            "keep": res.count("keep"), "decision": res.count("decision"), "cuda_only": len(res.cuda_only)}
+
+
+def to_json(res: ScanResult) -> dict[str, Any]:
+    return {
+        "porter_version": __version__,
+        "source": res.source,
+        "summary": summary(res),
+        "subsystems": [
+            {"name": name, "sites": len(sites),
+             **{a: sum(1 for s in sites if s.action == a) for a in ("rewrite", "keep", "decision")},
+             "cuda_only": [asdict(c) for c in res.cuda_only if c.glob == f"{name}/**"]}
+            for name, sites in res.subsystems.items()
+        ],
+        "cuda_only": [asdict(c) for c in res.cuda_only],
+        "sites": [asdict(s) | {"subsystem": res.subsystem_of(s.file)} for s in res.sites],
+        "skipped": [{"path": p, "reason": r} for p, r in res.skipped],
+    }
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def to_markdown(res: ScanResult) -> str:
+    s = summary(res)
+    out = [f"# porter scan: {res.source}", "",
+           f"{s['files']} Python files, {s['lines']} lines: **{_n(s['sites'], 'CUDA-specific site')}**"
+           f" ({s['rewrite']} rewrite, {s['keep']} kept as gates, {_n(s['decision'], 'decision')}),"
+           f" {_n(s['cuda_only'], 'part')} CUDA-only by construction.", ""]
+    if res.cuda_only:
+        out += ["## CUDA-only by construction (proposed `exclude:`)", "",
+                "| part | kind | evidence |", "|---|---|---|"]
+        out += [f"| `{c.glob}` | {c.kind} | {_cell('; '.join(c.evidence))} |" for c in res.cuda_only]
+        out.append("")
+    for name, sites in res.subsystems.items():
+        counts = ", ".join(f"{sum(1 for x in sites if x.action == a)} {a}" for a in ("rewrite", "keep", "decision"))
+        out += [f"## `{name}`: {_n(len(sites), 'site')} ({counts})", "",
+                "| where | category | action | transform | code | why |", "|---|---|---|---|---|---|"]
+        out += [f"| {x.file}:{x.line} | {x.category} | {x.action} | {x.transform or '(none)'} |"
+                f" `{_cell(x.code[:90])}` | {_cell(x.reason)} |" for x in sites]
+        out.append("")
+    if res.skipped:
+        out += ["## Not analysed", ""] + [f"- {p}: {r}" for p, r in res.skipped] + [""]
+    out.append("Next: `porter init SOURCE --name NAME` drafts a recipe from these sites.")
+    return "\n".join(out) + "\n"
+
+
+def _rule_help(category: str) -> tuple[str, str]:
+    """(text, markdown) help for a category: what it is, and the owning transform's documentation
+    (the text `porter explain` prints)."""
+    from porter.transforms import all_transforms
+
+    owners = sorted({t for t in _OWNERS.get(category, ())})
+    text = [CATEGORIES.get(category, category) + "."]
+    registry = all_transforms()
+    for name in owners:
+        cls = registry.get(name)
+        if cls is None:
+            continue
+        doc = textwrap.dedent(cls.__doc__ or "").strip()
+        text += ["", f"{name} [safety: {cls.safety.value}] (porter explain {name}):", doc]
+    if not owners:
+        text += ["", "No transform rewrites this: it is a decision for the person porting (exclude the"
+                 " code, or a recipe-specific edit: replace-call, replace-text-in-function)."]
+    plain = "\n".join(text)
+    md = "\n".join(text).replace("(porter explain ", "(`porter explain ").replace("):\n", "`):\n")
+    return plain, md
+
+
+_OWNERS = {
+    "device_check": ("widen-device-check",), "compile_gate": ("widen-device-check", "compile-bypass"),
+    "kernel_gate": ("widen-device-check",), "hardcoded_device": ("hardcoded-device",),
+    "cuda_api": ("cuda-api", "mem-get-info"), "autocast": ("autocast-device",), "compile": ("compile-bypass",),
+    "attention_backend": ("attention-fallback",),
+    "cuda_only_import": ("attention-fallback", "guard-import", "lazy-import"),
+    "custom_kernel": (), "dtype": (), "other": (),
+}
+
+
+def to_sarif(res: ScanResult) -> dict[str, Any]:
+    """SARIF 2.1.0: one result per site, ruleId = category, a physical location, a message."""
+    order = list(CATEGORIES)
+    used = sorted({s.category for s in res.sites}, key=lambda c: (order.index(c) if c in order else len(order), c))
+    rules = []
+    for cat in used:
+        plain, md = _rule_help(cat)
+        rules.append({
+            "id": cat,
+            "name": "".join(p.title() for p in cat.split("_")),
+            "shortDescription": {"text": CATEGORIES.get(cat, cat)},
+            "fullDescription": {"text": plain.split("\n\n")[0]},
+            "help": {"text": plain, "markdown": md},
+            "defaultConfiguration": {"level": "note"},
+        })
+    index = {r["id"]: i for i, r in enumerate(rules)}
+    results = []
+    for s in res.sites:
+        owner = s.transform or "no transform"
+        results.append({
+            "ruleId": s.category,
+            "ruleIndex": index[s.category],
+            "level": LEVEL.get(s.action, "note"),
+            "message": {"text": f"{s.action} ({owner}): {s.reason}"},
+            "locations": [{"physicalLocation": {
+                "artifactLocation": {"uri": s.file, "uriBaseId": "SRCROOT"},
+                "region": {"startLine": max(1, s.line), "endLine": max(s.line, s.end_line, 1),
+                           "snippet": {"text": s.code}},
+            }}],
+            "properties": {"action": s.action, "transform": s.transform, "subsystem": res.subsystem_of(s.file)},
+        })
+    return {
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [{
+            "tool": {"driver": {"name": "porter", "version": __version__, "semanticVersion": __version__,
+                                "rules": rules}},
+            "automationDetails": {"id": f"porter-scan/{res.source}"},
+            "results": results,
+            "properties": {"summary": summary(res), "cuda_only": [asdict(c) for c in res.cuda_only]},
+        }],
+    }
+
+
+def render(res: ScanResult, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(to_json(res), indent=2) + "\n"
+    if fmt == "sarif":
+        return json.dumps(to_sarif(res), indent=2) + "\n"
+    return to_markdown(res)

@@ -1,0 +1,186 @@
+"""`porter scan SOURCE`: sites by subsystem, CUDA-only parts, Markdown / JSON / SARIF 2.1.0
+(the installed executable, in a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TINYLM = FIXTURES / "tinylm"
+PORTER = str(Path(sys.executable).with_name("porter"))
+
+
+def porter(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([PORTER, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def scan_json(source: Path | str) -> dict:
+    proc = porter("scan", str(source), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_json_lists_every_site_with_owner_by_subsystem():
+    data = scan_json(TINYLM)
+    sites = {(s["file"], s["line"], s["category"]): s for s in data["sites"]}
+    check = sites[("tinylm/modeling_tinylm.py", 28, "device_check")]
+    assert check["action"] == "rewrite" and check["transform"] == "widen-device-check"
+    gate = sites[("tinylm/modeling_tinylm.py", 55, "compile_gate")]
+    assert gate["action"] == "keep" and gate["code"] == 'if self.device.type != "cuda":'
+    assert sites[("tinylm/modeling_tinylm.py", 57, "compile")]["transform"] == "compile-bypass"
+    assert sites[("tinylm/kernels/fused.py", 1, "custom_kernel")]["action"] == "decision"
+    # Subsystems: the folders of the one top-level package.
+    names = [s["name"] for s in data["subsystems"]]
+    assert names == ["tinylm", "tinylm/kernels", "tinylm/serving", "tinylm/third_party", "tinylm/training"]
+    assert {s["subsystem"] for s in data["sites"]} == set(names)
+    assert sum(s["sites"] for s in data["subsystems"]) == data["summary"]["sites"] == len(data["sites"])
+    s = data["summary"]
+    assert s["rewrite"] + s["keep"] + s["decision"] == s["sites"]
+
+
+def test_cuda_only_parts_are_flagged_with_evidence():
+    only = {c["glob"]: c for c in scan_json(TINYLM)["cuda_only"]}
+    assert set(only) == {"tinylm/kernels/**", "tinylm/third_party/vllm/**", "tinylm/training/**",
+                         "tinylm/serving/trt_engine.py"}
+    assert only["tinylm/kernels/**"]["kind"] == "custom CUDA kernels"
+    assert "tinylm/kernels/fused_cuda.cu: CUDA source" in only["tinylm/kernels/**"]["evidence"]
+    assert only["tinylm/third_party/vllm/**"]["kind"] == "vendored vLLM/TensorRT runtime"
+    assert only["tinylm/training/**"]["kind"] == "training or evaluation"
+    assert only["tinylm/serving/trt_engine.py"]["evidence"] == [
+        "tinylm/serving/trt_engine.py:1: import tensorrt as trt"]
+    # A module that uses an installed vLLM is not a vendored runtime (vLLM has an Ascend plugin), and
+    # the portable part of the same folder is not flagged.
+    assert "tinylm/serving/vllm_engine.py" not in only and "tinylm/serving/**" not in only
+
+
+def test_markdown_is_the_default_and_groups_by_subsystem():
+    proc = porter("scan", str(TINYLM))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.startswith("# porter scan: ")
+    assert "## CUDA-only by construction (proposed `exclude:`)" in out
+    training = [s for s in scan_json(TINYLM)["sites"] if s["subsystem"] == "tinylm/training"]
+    counts = {a: sum(1 for s in training if s["action"] == a) for a in ("rewrite", "keep", "decision")}
+    assert (f"## `tinylm/training`: {len(training)} sites ({counts['rewrite']} rewrite, {counts['keep']} keep,"
+            f" {counts['decision']} decision)") in out
+    assert re.search(r"\| tinylm/modeling_tinylm.py:55 \| compile_gate \| keep \| [a-z-]+ \| "
+                     r"`if self.device.type != \"cuda\":` \|", out)
+    assert "sites (" in proc.stderr  # the summary goes to stderr
+
+
+# The SARIF 2.1.0 schema's required properties and enumerations for what porter writes
+# (https://docs.oasis-open.org/sarif/sarif/v2.1.0/: sarifLog, run, tool, toolComponent,
+# reportingDescriptor, result, message, location, physicalLocation, artifactLocation, region).
+LEVELS = {"none", "note", "warning", "error"}
+
+
+def _message(m: dict, where: str) -> None:
+    assert isinstance(m, dict) and ("text" in m or "id" in m), f"{where}: a message needs text or id"
+    if "text" in m:
+        assert isinstance(m["text"], str) and m["text"], where
+
+
+def validate_sarif(log: dict) -> list[str]:
+    """Structural checks of a SARIF 2.1.0 log; returns the rule ids."""
+    assert log["version"] == "2.1.0"
+    assert log["$schema"].endswith("sarif-2.1.0.json")
+    assert isinstance(log["runs"], list) and log["runs"]
+    ids: list[str] = []
+    for run in log["runs"]:
+        driver = run["tool"]["driver"]
+        assert isinstance(driver["name"], str) and driver["name"]
+        rules = driver.get("rules", [])
+        ids = [r["id"] for r in rules]
+        assert len(ids) == len(set(ids)), "rule ids are unique"
+        for r in rules:
+            assert isinstance(r["id"], str) and r["id"]
+            for key in ("shortDescription", "fullDescription", "help"):
+                if key in r:
+                    assert isinstance(r[key]["text"], str) and r[key]["text"], (r["id"], key)
+            if "defaultConfiguration" in r:
+                assert r["defaultConfiguration"]["level"] in LEVELS
+        for i, res in enumerate(run["results"]):
+            where = f"results[{i}]"
+            _message(res["message"], where)
+            assert res.get("level", "warning") in LEVELS, where
+            if "ruleIndex" in res:
+                assert rules[res["ruleIndex"]]["id"] == res["ruleId"], where
+            assert res["ruleId"] in ids, where
+            for loc in res["locations"]:
+                phys = loc["physicalLocation"]
+                art = phys["artifactLocation"]
+                assert isinstance(art["uri"], str) and not art["uri"].startswith("/"), where
+                region = phys["region"]
+                assert isinstance(region["startLine"], int) and region["startLine"] >= 1, where
+                assert region.get("endLine", region["startLine"]) >= region["startLine"], where
+    return ids
+
+
+def test_sarif_is_a_valid_2_1_0_log_with_one_result_per_site():
+    proc = porter("scan", str(TINYLM), "--format", "sarif")
+    assert proc.returncode == 0, proc.stderr
+    log = json.loads(proc.stdout)
+    ids = validate_sarif(log)
+    data = scan_json(TINYLM)
+    results = log["runs"][0]["results"]
+    assert len(results) == len(data["sites"])
+    assert sorted(ids) == sorted({s["category"] for s in data["sites"]})
+    first = results[[r["locations"][0]["physicalLocation"]["region"]["startLine"] for r in results].index(55)]
+    assert first["ruleId"] == "compile_gate" and first["level"] == "note"
+    assert first["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == "tinylm/modeling_tinylm.py"
+    gate = next(s for s in data["sites"] if s["line"] == 55 and s["file"] == "tinylm/modeling_tinylm.py")
+    assert first["message"]["text"] == f"keep ({gate['transform']}): {gate['reason']}"
+    decision = next(r for r in results if r["ruleId"] == "custom_kernel")
+    assert decision["level"] == "warning"
+    rules = {r["id"]: r for r in log["runs"][0]["tool"]["driver"]["rules"]}
+    # The rule's help is the owning transform's documentation, as `porter explain` prints it.
+    explain = porter("explain", "widen-device-check").stdout
+    doc = explain.split("\n\n")[1].strip()
+    assert doc.splitlines()[0] in rules["device_check"]["help"]["text"]
+    assert "porter explain widen-device-check" in rules["device_check"]["help"]["text"]
+    assert "No transform rewrites this" in rules["custom_kernel"]["help"]["text"]
+
+
+def test_the_validator_catches_a_broken_log():
+    proc = porter("scan", str(TINYLM), "--format", "sarif")
+    log = json.loads(proc.stdout)
+    log["runs"][0]["results"][0]["locations"][0]["physicalLocation"]["region"]["startLine"] = 0
+    with pytest.raises(AssertionError):
+        validate_sarif(log)
+    del log["runs"][0]["results"][0]["message"]
+    with pytest.raises(KeyError):
+        validate_sarif(log)
+
+
+def test_scan_a_recipe_and_write_to_a_file(tmp_path: Path):
+    proc = porter("scan", str(FIXTURES / "tinytts.yaml"), "--format", "sarif", "-o", str(tmp_path / "s.sarif"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""
+    log = json.loads((tmp_path / "s.sarif").read_text())
+    validate_sarif(log)
+    assert {r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for r in log["runs"][0]["results"]} == {
+        "tinytts/model.py"}
+
+
+@pytest.mark.parametrize("source, message", [
+    ("pypi:outetts", "must be pinned as name==version"),
+    ("git:https://example.invalid/x.git@main", "full 40-character commit sha"),
+    ("hub:org/repo", "REPO@REVISION"),
+    ("no/such/dir", "not a source spec or an existing directory"),
+])
+def test_bad_source_is_a_usage_error(source: str, message: str):
+    proc = porter("scan", source)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "pypi:NAME==VERSION" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_format_is_a_usage_error():
+    proc = porter("scan", str(TINYLM), "--format", "xml")
+    assert proc.returncode == 2 and "'xml' is not one of" in proc.stderr
