@@ -121,7 +121,9 @@ def _toml_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def build(loaded: LoadedRecipe, tree: SourceTree, result: RewriteResult) -> Emitted:
+def build(loaded: LoadedRecipe, tree: SourceTree, result: RewriteResult,
+          written: dict[str, str] | None = None) -> Emitted:
+    """`written`: new files porter writes into the package (its helper module, porter.runtime)."""
     for artefact in ARTEFACTS + (SMOKE_DIR,):
         clash = [p for p in tree.files if p == artefact or p.startswith(artefact + "/")]
         if clash:
@@ -134,8 +136,10 @@ def build(loaded: LoadedRecipe, tree: SourceTree, result: RewriteResult) -> Emit
     for fr in result.files:
         if fr.status == "changed" and fr.text is not None:
             files[fr.path] = fr.text.encode("utf-8")
-            parts.append(unified_diff(fr.path, tree.files[fr.path].read_bytes().decode("utf-8"), fr.text))
-    generated: dict[str, str] = {}
+            parts.append((fr.path, unified_diff(fr.path, tree.files[fr.path].read_bytes().decode("utf-8"), fr.text)))
+    generated: dict[str, str] = dict(written or {})
+    parts += [(path, unified_diff(path, "", text)) for path, text in generated.items()]
+    parts = [d for _, d in sorted(parts)]
     pyproject = pyproject_for(loaded, tree)
     if pyproject is not None:
         generated["pyproject.toml"] = pyproject

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from porter import emit
+from porter import emit, runtime
 from porter.errors import PortProblem, UsageError
 from porter.recipe import LoadedRecipe, load_recipe
 from porter.report import build_report, render_markdown
@@ -66,9 +66,10 @@ def build_port(loaded: LoadedRecipe, overrides: dict[str | None, Path], jobs: in
         raise UsageError(f"--source {unknown[0]}=...: the recipe has no source with that id (ids: {ids})")
     tree = fetch_tree(loaded.recipe.sources, loaded.path.parent, overrides)
     steps = plan(loaded)
-    result = rewrite_tree(tree.files, steps, jobs=jobs)
-    emitted = emit.build(loaded, tree, result)
-    extra: dict[str, Any] = {}
+    result = rewrite_tree(tree.files, steps, jobs=jobs, helper_modules=runtime.helper_modules(tree))
+    result, written = runtime.finish(loaded, tree, result)
+    emitted = emit.build(loaded, tree, result, written.generated)
+    extra: dict[str, Any] = {"runtime": written.runtime}
     if loaded.recipe.weights is not None:
         extra["weights"] = _dump(loaded.recipe.weights)
     report = build_report(loaded, tree, result, emitted.generated, extra, _scan(loaded, tree, result, steps))

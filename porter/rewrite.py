@@ -52,13 +52,15 @@ class FileResult:
 @dataclass(frozen=True)
 class RewriteResult:
     files: tuple[FileResult, ...]
+    # changes in files porter generated rather than rewrote (the package's helper module: porter.runtime)
+    extra_changes: tuple[Change, ...] = ()
 
     def by_status(self, status: Status) -> list[FileResult]:
         return [f for f in self.files if f.status == status]
 
     @property
     def changes(self) -> list[Change]:
-        return [c for f in self.files for c in f.changes]
+        return [c for f in self.files for c in f.changes] + list(self.extra_changes)
 
     @property
     def findings(self) -> list[Finding]:
@@ -106,8 +108,8 @@ def map_line(old: list[str], new: list[str], line: int) -> int:
     return len(new)
 
 
-def rewrite_file(path: str, data: bytes, steps: tuple[StepPlan, ...]) -> FileResult:
-    """Apply every step that wants `path`; never raises."""
+def rewrite_file(path: str, data: bytes, steps: tuple[StepPlan, ...], helper_module: str | None = None) -> FileResult:
+    """Apply every step that wants `path`; never raises. `helper_module`: see Context."""
     wanted = [s for s in steps if s.wants(path)]
     if not wanted:
         return FileResult(path, "unchanged")
@@ -124,7 +126,7 @@ def rewrite_file(path: str, data: bytes, steps: tuple[StepPlan, ...]) -> FileRes
         t = step.transform
         if not t.could_match(text):
             continue
-        ctx = Context(path=path, step=step.index)
+        ctx = Context(path=path, step=step.index, helper_module=helper_module)
         try:
             if isinstance(t, PythonTransform) and path.endswith((".py", ".pyi")):
                 if module is None:
@@ -171,23 +173,28 @@ def rewrite_file(path: str, data: bytes, steps: tuple[StepPlan, ...]) -> FileRes
 
 def _worker(job: tuple[str, str]) -> FileResult:
     path, disk = job
-    return rewrite_file(path, Path(disk).read_bytes(), _STEPS)
+    return rewrite_file(path, Path(disk).read_bytes(), _STEPS, _HELPERS.get(path))
 
 
 _STEPS: tuple[StepPlan, ...] = ()
+_HELPERS: dict[str, str] = {}
 
 
-def rewrite_tree(files: dict[str, Path], steps: tuple[StepPlan, ...], jobs: int | None = None) -> RewriteResult:
-    """Rewrite every file of a tree; files no step wants are reported unchanged without reading."""
-    global _STEPS
+def rewrite_tree(files: dict[str, Path], steps: tuple[StepPlan, ...], jobs: int | None = None,
+                 helper_modules: dict[str, str] | None = None) -> RewriteResult:
+    """Rewrite every file of a tree; files no step wants are reported unchanged without reading.
+
+    `helper_modules`: path -> where that module imports porter's helpers from (porter.runtime)."""
+    global _STEPS, _HELPERS
+    helper_modules = helper_modules or {}
     candidates = sorted(p for p in files if any(s.wants(p) for s in steps))
     results = {p: FileResult(p, "unchanged") for p in files}
     jobs = jobs or min(len(candidates) // 8 + 1, os.cpu_count() or 1)
     if jobs <= 1 or "fork" not in multiprocessing.get_all_start_methods():
         for p in candidates:
-            results[p] = rewrite_file(p, files[p].read_bytes(), steps)
+            results[p] = rewrite_file(p, files[p].read_bytes(), steps, helper_modules.get(p))
     else:
-        _STEPS = steps  # inherited by forked workers; nothing is pickled but paths and results
+        _STEPS, _HELPERS = steps, helper_modules  # inherited by forked workers; nothing is pickled but paths and results
         try:
             ctx = multiprocessing.get_context("fork")
             # Largest files first, one at a time: a few big modules dominate the work.
@@ -196,5 +203,5 @@ def rewrite_tree(files: dict[str, Path], steps: tuple[StepPlan, ...], jobs: int 
                 for res in pool.map(_worker, [(p, str(files[p])) for p in order], chunksize=1):
                     results[res.path] = res
         finally:
-            _STEPS = ()
+            _STEPS, _HELPERS = (), {}
     return RewriteResult(files=tuple(results[p] for p in sorted(results)))
