@@ -200,11 +200,13 @@ def with_hook(text: str) -> tuple[str, int] | None:
             after = node.end_lineno or after
         else:
             if after == 0:
+                # Right above the first statement, and above a comment that sits directly on it,
+                # unless that comment runs up to the top of the file (a licence header).
                 after = node.lineno - 1
-                # keep decorators/comments right above the first statement with it
                 while after > 0 and lines[after - 1].lstrip().startswith("#"):
                     after -= 1
-                after = _after_header(lines, after)
+                if after == 0:
+                    after = node.lineno - 1
             break
     else:
         if not body:
@@ -213,17 +215,6 @@ def with_hook(text: str) -> tuple[str, int] | None:
         lines[after - 1] += nl
     hook = [line + nl for line in HOOK]
     return "".join(lines[:after] + hook + lines[after:]), after + 1
-
-
-def _after_header(lines: list[str], upto: int) -> int:
-    """Past a leading block of comments (shebang, coding line, licence) above line `upto`."""
-    k = 0
-    while k < upto and (lines[k].lstrip().startswith("#") or not lines[k].strip()):
-        k += 1
-    header_end = k
-    while header_end > 0 and not lines[header_end - 1].strip():
-        header_end -= 1
-    return header_end if header_end else 0
 
 
 # -- putting it together ----------------------------------------------------------------------
@@ -274,6 +265,10 @@ def finish(loaded: LoadedRecipe, tree: SourceTree, result: RewriteResult) -> tup
         for p in tree.files:
             if p.startswith(pkg + "/") and p.endswith(".py") and p != path:
                 needed |= _imported_helpers(texts[p] if p in texts else (_read(tree, p) or ""))
+        if RUNTIME_FUNCTION in needed and pkg not in hooks:
+            raise UsageError(f"{pkg}/__init__.py calls {RUNTIME_FUNCTION}() from an earlier port, but the recipe has"
+                             " no runtime: section now; apply the recipe to the pristine upstream")
+        needed.discard(RUNTIME_FUNCTION)  # written from the recipe, below
         # the helpers those build on
         todo = list(needed)
         while todo:

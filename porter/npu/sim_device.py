@@ -203,6 +203,19 @@ def init() -> None:
     return None
 
 
+_JIT_COMPILE = [True]
+
+
+def set_compile_mode(jit_compile: bool = True) -> None:
+    """torch_npu.npu.set_compile_mode: online operator compilation on or off. Recorded only (npu-sim
+    runs every op on the CPU), so code that sets it runs and `is_jit_compile_false` reads it back."""
+    _JIT_COMPILE[0] = bool(jit_compile)
+
+
+def is_jit_compile_false() -> bool:
+    return not _JIT_COMPILE[0]
+
+
 def _is_in_bad_fork() -> bool:
     return False
 
