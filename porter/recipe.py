@@ -172,12 +172,17 @@ class Runtime(BaseModel):
     env: dict[str, str] = Field(default_factory=dict, description="environment variables (os.environ.setdefault)")
     npu_options: NpuOptions = NpuOptions()
 
-    @field_validator("env")
+    @field_validator("env", mode="before")
     @classmethod
-    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
-        for name in v:
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+    def _env(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        for name, value in v.items():
+            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
                 raise ValueError(f"{name!r} is not an environment variable name (letters, digits, _)")
+            if not isinstance(value, str):
+                shown = {True: "true", False: "false"}.get(value, value) if isinstance(value, bool) else value
+                raise ValueError(f"{name}: environment values are text; quote it: {name}: \"{shown}\"")
         return v
 
     @property
