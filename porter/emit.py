@@ -138,8 +138,7 @@ def build(loaded: LoadedRecipe, tree: SourceTree, result: RewriteResult,
             files[fr.path] = fr.text.encode("utf-8")
             parts.append((fr.path, unified_diff(fr.path, tree.files[fr.path].read_bytes().decode("utf-8"), fr.text)))
     generated: dict[str, str] = dict(written or {})
-    parts += [(path, unified_diff(path, "", text)) for path, text in generated.items()]
-    parts = [d for _, d in sorted(parts)]
+    parts = [d for _, d in sorted(parts)] + [unified_diff(p, "", t) for p, t in sorted(generated.items())]
     pyproject = pyproject_for(loaded, tree)
     if pyproject is not None:
         generated["pyproject.toml"] = pyproject

@@ -162,9 +162,9 @@ def module_text(recipe: str, helpers: list[tuple[str, str]], runtime: Runtime | 
         parts.append("import importlib.util\nimport os")
         parts.append("\n".join([
             f"def {RUNTIME_FUNCTION}():",
-            f'    """The recipe\'s npu runtime settings (called first thing in {package}/__init__.py): only where',
-            "    torch_npu is installed (an Ascend host), before torch_npu initialises; a variable the user",
-            '    already set is kept."""',
+            '    """The recipe\'s npu runtime settings, called first thing in the package\'s __init__.py: only',
+            "    where torch_npu is installed (an Ascend host), before torch_npu initialises; a variable the",
+            '    user already set is kept."""',
             '    if importlib.util.find_spec("torch_npu") is not None:',
             *runtime_lines(runtime),
         ]))
@@ -286,8 +286,10 @@ def finish(loaded: LoadedRecipe, tree: SourceTree, result: RewriteResult) -> tup
             continue
         names = _ordered(sources)
         text = module_text(recipe.name, [(n, sources[n]) for n in names], runtime if pkg in hooks else None, pkg)
+        if any("\r\n" in t for p, t in texts.items() if p.startswith(pkg + "/")):
+            text = text.replace("\n", "\r\n")  # the package's own line endings (CRLF files stay CRLF)
         lines = text.splitlines()
-        for n in names:
+        for n in names if old_text != text else ():  # an unchanged module changes nothing
             line = next(i for i, ln in enumerate(lines, 1) if ln.startswith(f"def {n}("))
             first = wanted.get(pkg, {}).get(n, (None, None))[1]
             helper_rows.append(Change(
@@ -333,6 +335,9 @@ def finish(loaded: LoadedRecipe, tree: SourceTree, result: RewriteResult) -> tup
                                    " the environment before starting Python: "
                                    + " ".join(f"{k}={v}" for k, v in runtime.env.items()))
     rows["per_module_helpers"] = sorted({c.file for c in result.changes if c.kind == "helper"})
+    if runtime is not None and hooks:
+        rows["outside"] = sorted(p for p in tree.files if p.endswith(".py") and PurePosixPath(p).parts[0] not in hooks
+                                 or p in _remote_code(tree))
     files = []
     for fr in result.files:
         fr = replaced.pop(fr.path, fr)

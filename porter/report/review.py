@@ -123,6 +123,12 @@ def runtime_section(r: dict[str, Any]) -> str:
               " the package is imported before torch_npu initialises the device."]
     if rt.get("not_applied"):
         lines += ["", f"Not written into code: {rt['not_applied']}."]
+    outside = rt.get("outside") or []
+    if outside:
+        shown = ", ".join(f"`{p}`" for p in outside[:5]) + (f" and {len(outside) - 5} more" if len(outside) > 5 else "")
+        lines += ["", f"Python files that do not import the package do not apply them ({shown}: scripts, or"
+                  " remote code loaded with trust_remote_code); where one of them is the entry point, export the"
+                  " settings in its environment."]
     return "\n".join(lines)
 
 
