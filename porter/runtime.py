@@ -289,7 +289,7 @@ def finish(loaded: LoadedRecipe, tree: SourceTree, result: RewriteResult) -> tup
         if any("\r\n" in t for p, t in texts.items() if p.startswith(pkg + "/")):
             text = text.replace("\n", "\r\n")  # the package's own line endings (CRLF files stay CRLF)
         lines = text.splitlines()
-        for n in names if old_text != text else ():  # an unchanged module changes nothing
+        for n in (names if old_text != text else ()):  # a module written as it was changes nothing
             line = next(i for i, ln in enumerate(lines, 1) if ln.startswith(f"def {n}("))
             first = wanted.get(pkg, {}).get(n, (None, None))[1]
             helper_rows.append(Change(
@@ -336,8 +336,9 @@ def finish(loaded: LoadedRecipe, tree: SourceTree, result: RewriteResult) -> tup
                                    + " ".join(f"{k}={v}" for k, v in runtime.env.items()))
     rows["per_module_helpers"] = sorted({c.file for c in result.changes if c.kind == "helper"})
     if runtime is not None and hooks:
-        rows["outside"] = sorted(p for p in tree.files if p.endswith(".py") and PurePosixPath(p).parts[0] not in hooks
-                                 or p in _remote_code(tree))
+        remote = _remote_code(tree)
+        rows["outside"] = sorted(p for p in tree.files if p.endswith(".py")
+                                 and (PurePosixPath(p).parts[0] not in hooks or p in remote))
     files = []
     for fr in result.files:
         fr = replaced.pop(fr.path, fr)
