@@ -29,7 +29,7 @@ def cli() -> None:
 
     \b
     porter apply recipes/voxcpm2.yaml       fetch, rewrite, write patched_models/voxcpm2/, smoke-test
-    porter diff recipes/voxcpm2.yaml        the unified diff on stdout, nothing written
+    porter diff recipes/voxcpm2.yaml        the unified diff on stdout, nothing written (--stat: counts)
     porter transforms                       every transform, one line each
     porter explain widen-device-check       a transform's doc, params and examples
     porter validate RECIPE                  check a recipe without fetching anything
@@ -105,11 +105,16 @@ def apply(recipe: Path, sources: tuple[str, ...], out: Path | None, no_smoke: bo
 @cli.command()
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 @source_option
-def diff(recipe: Path, sources: tuple[str, ...]) -> None:
+@click.option("--stat", is_flag=True, help="Per-file counts of changed lines (like `git diff --stat`) instead of the diff.")
+def diff(recipe: Path, sources: tuple[str, ...], stat: bool) -> None:
     """Print the unified diff RECIPE makes against the pristine upstream; write nothing."""
     from porter.port import diff as run_diff, parse_overrides
 
     text, build = run_diff(recipe, parse_overrides(sources))
+    if stat:
+        from porter.report.review import diff_stat
+
+        text = diff_stat(text)
     sys.stdout.write(text)
     for s in build.drift:
         err.print(f"[yellow]drift:[/] step {s['index']} ({s['use']}) expected {s['expect']}, found {s['matched']}")

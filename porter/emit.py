@@ -225,7 +225,9 @@ def split_requires(requires: list[str]) -> tuple[list[str], dict[str, list[str]]
     return plain, extras
 
 
-def build(loaded: LoadedRecipe, tree: SourceTree, result: RewriteResult) -> Emitted:
+def build(loaded: LoadedRecipe, tree: SourceTree, result: RewriteResult,
+          written: dict[str, str] | None = None) -> Emitted:
+    """`written`: new files porter writes into the package (its helper module, porter.runtime)."""
     for artefact in ARTEFACTS + (SMOKE_DIR,):
         clash = [p for p in tree.files if p == artefact or p.startswith(artefact + "/")]
         if clash:
@@ -238,8 +240,9 @@ def build(loaded: LoadedRecipe, tree: SourceTree, result: RewriteResult) -> Emit
     for fr in result.files:
         if fr.status == "changed" and fr.text is not None:
             files[fr.path] = fr.text.encode("utf-8")
-            parts.append(unified_diff(fr.path, tree.files[fr.path].read_bytes().decode("utf-8"), fr.text))
-    generated: dict[str, str] = {}
+            parts.append((fr.path, unified_diff(fr.path, tree.files[fr.path].read_bytes().decode("utf-8"), fr.text)))
+    generated: dict[str, str] = dict(written or {})
+    parts = [d for _, d in sorted(parts)] + [unified_diff(p, "", t) for p, t in sorted(generated.items())]
     pyproject = pyproject_for(loaded, tree)
     if pyproject is not None:
         generated["pyproject.toml"] = pyproject

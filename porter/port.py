@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from porter import emit
+from porter import emit, runtime
 from porter.errors import PortProblem, UsageError
 from porter.progress import FileProgress
 from porter.recipe import LoadedRecipe, load_recipe
@@ -71,9 +71,10 @@ def build_port(loaded: LoadedRecipe, overrides: dict[str | None, Path], jobs: in
     tree = fetch_tree(loaded.recipe.sources, loaded.path.parent, overrides)
     steps = plan(loaded)
     with FileProgress("rewrite") as bar:  # shown on a terminal once the rewrite passes 2 s
-        result = rewrite_tree(tree.files, steps, jobs=jobs, progress=bar)
-    emitted = emit.build(loaded, tree, result)
-    extra: dict[str, Any] = {}
+        result = rewrite_tree(tree.files, steps, jobs=jobs, progress=bar, helper_modules=runtime.helper_modules(tree))
+    result, written = runtime.finish(loaded, tree, result)
+    emitted = emit.build(loaded, tree, result, written.generated)
+    extra: dict[str, Any] = {"runtime": written.runtime}
     if loaded.recipe.weights is not None:
         extra["weights"] = _dump(loaded.recipe.weights)
     dist = emit.dist_for(tree)

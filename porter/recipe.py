@@ -329,6 +329,46 @@ class Scan(BaseModel):
         return v
 
 
+class NpuOptions(BaseModel):
+    """torch_npu options the patched package sets when it is imported on an npu host."""
+
+    model_config = _FROZEN
+
+    jit_compile: bool | None = Field(
+        None, description="torch_npu.npu.set_compile_mode(jit_compile=...): false runs operators from"
+        " the prebuilt binary kernels instead of compiling them online")
+
+
+class Runtime(BaseModel):
+    """npu runtime settings the hand ports set by hand (shell exports), as recipe data.
+
+    The patched package applies them when it is imported on an npu host (torch_npu installed),
+    before torch_npu initialises, never overriding a variable the user set, and never on CUDA or
+    CPU hosts (porter.runtime writes the code)."""
+
+    model_config = _FROZEN
+
+    env: dict[str, str] = Field(default_factory=dict, description="environment variables (os.environ.setdefault)")
+    npu_options: NpuOptions = NpuOptions()
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        for name, value in v.items():
+            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"{name!r} is not an environment variable name (letters, digits, _)")
+            if not isinstance(value, str):
+                shown = {True: "true", False: "false"}.get(value, value) if isinstance(value, bool) else value
+                raise ValueError(f"{name}: environment values are text; quote it: {name}: \"{shown}\"")
+        return v
+
+    @property
+    def empty(self) -> bool:
+        return not self.env and self.npu_options.jit_compile is None
+
+
 def _weights_model() -> Any:
     try:
         from porter.weights import WeightsSpec  # type: ignore[attr-defined]
@@ -356,6 +396,7 @@ class Recipe(BaseModel):
     device: Literal["auto", "npu", "npu-sim", "cuda", "cpu"] = "auto"
     steps: tuple[Step, ...]
     scan: Scan = Scan()
+    runtime: Runtime | None = None
     weights: _weights_model() | None = None  # type: ignore[valid-type]
     smoke: _smoke_model() | None = None  # type: ignore[valid-type]
 

@@ -59,13 +59,15 @@ class FileResult:
 @dataclass(frozen=True)
 class RewriteResult:
     files: tuple[FileResult, ...]
+    # changes in files porter generated rather than rewrote (the package's helper module: porter.runtime)
+    extra_changes: tuple[Change, ...] = ()
 
     def by_status(self, status: Status) -> list[FileResult]:
         return [f for f in self.files if f.status == status]
 
     @property
     def changes(self) -> list[Change]:
-        return [c for f in self.files for c in f.changes]
+        return [c for f in self.files for c in f.changes] + list(self.extra_changes)
 
     @property
     def findings(self) -> list[Finding]:
@@ -113,8 +115,8 @@ def map_line(old: list[str], new: list[str], line: int) -> int:
     return len(new)
 
 
-def rewrite_file(path: str, data: bytes, steps: tuple[StepPlan, ...]) -> FileResult:
-    """Apply every step that wants `path`; never raises."""
+def rewrite_file(path: str, data: bytes, steps: tuple[StepPlan, ...], helper_module: str | None = None) -> FileResult:
+    """Apply every step that wants `path`; never raises. `helper_module`: see Context."""
     wanted = [s for s in steps if s.wants(path)]
     if not wanted:
         return FileResult(path, "unchanged")
@@ -135,7 +137,7 @@ def rewrite_file(path: str, data: bytes, steps: tuple[StepPlan, ...]) -> FileRes
         t = step.transform
         if not t.could_match(text):
             continue
-        ctx = Context(path=path, step=step.index, exclude_symbols=step.exclude_symbols)
+        ctx = Context(path=path, step=step.index, exclude_symbols=step.exclude_symbols, helper_module=helper_module)
         try:
             if isinstance(t, PythonTransform) and path.endswith((".py", ".pyi")):
                 if module is None:
@@ -297,6 +299,7 @@ def keep_original_bytes(original: str, roundtrip: str, final: str) -> str | None
 
 
 _STEPS: tuple[StepPlan, ...] = ()
+_HELPERS: dict[str, str] = {}
 _CRASH_ON = "_PORTER_TEST_CRASH_ON"  # tests/test_rewrite_limits.py: a worker dies on this file
 
 
@@ -314,7 +317,7 @@ def _serve(conn: Connection) -> None:
         if os.environ.get(_CRASH_ON) == path:  # test hook: die like a segfault inside libcst would
             os.kill(os.getpid(), signal.SIGSEGV)
         try:
-            box.append(rewrite_file(path, Path(disk).read_bytes(), _STEPS))
+            box.append(rewrite_file(path, Path(disk).read_bytes(), _STEPS, _HELPERS.get(path)))
         except BaseException as exc:  # noqa: BLE001 - reported for this file, the worker lives on
             box.append(FileResult(path, "failed", f"porter failed on this file ({_describe(exc)});"
                                   " copied unchanged"))
@@ -406,14 +409,17 @@ class _Pool:
 
 
 def rewrite_tree(files: dict[str, Path], steps: tuple[StepPlan, ...], jobs: int | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> RewriteResult:
+                 progress: Callable[[int, int], None] | None = None,
+                 helper_modules: dict[str, str] | None = None) -> RewriteResult:
     """Rewrite every file of a tree; files no step wants are reported unchanged without reading.
 
     Where the platform can fork, files are rewritten in worker processes, so a file that crashes
     libcst or runs past the time limit is reported as failed and the rest go on.
     `progress(done, total)` is called as each file the steps want is finished (porter.progress).
+    `helper_modules`: path -> where that module imports porter's helpers from (porter.runtime).
     """
-    global _STEPS
+    global _STEPS, _HELPERS
+    helper_modules = helper_modules or {}
     candidates = sorted(p for p in files if any(s.wants(p) for s in steps))
     results = {p: FileResult(p, "unchanged") for p in files}
     jobs = jobs or min(len(candidates) // 8 + 1, os.cpu_count() or 1)
@@ -422,12 +428,12 @@ def rewrite_tree(files: dict[str, Path], steps: tuple[StepPlan, ...], jobs: int 
         pass
     elif "fork" not in multiprocessing.get_all_start_methods():
         for p in candidates:
-            results[p] = rewrite_file(p, files[p].read_bytes(), steps)
+            results[p] = rewrite_file(p, files[p].read_bytes(), steps, helper_modules.get(p))
             done += 1
             if progress is not None:
                 progress(done, total)
     else:
-        _STEPS = steps  # inherited by forked workers; nothing is pickled but paths and results
+        _STEPS, _HELPERS = steps, helper_modules  # inherited by forked workers; nothing is pickled but paths and results
         try:
             # Largest files first, one at a time: a few big modules dominate the work.
             order = sorted(candidates, key=lambda p: -files[p].stat().st_size)
@@ -437,5 +443,5 @@ def rewrite_tree(files: dict[str, Path], steps: tuple[StepPlan, ...], jobs: int 
                 if progress is not None:
                     progress(done, total)
         finally:
-            _STEPS = ()
+            _STEPS, _HELPERS = (), {}
     return RewriteResult(files=tuple(results[p] for p in sorted(results)))

@@ -80,11 +80,17 @@ def test_every_step_matches_and_only_audio_utils_changes(applied):
         ("guard-import", 1), ("widen-device-check", 0), ("compile-bypass", 0),
         ("attention-fallback", 0), ("hardcoded-device", 0), ("cuda-api", 0),
     ]
-    assert [f.path for f in build.result.files if f.status == "changed"] == ["transformers/audio_utils.py"]
+    # __init__.py: the runtime hook (runtime: PYTORCH_NPU_ALLOC_CONF, seed 002), applied on npu hosts only
+    assert [f.path for f in build.result.files if f.status == "changed"] == [
+        "transformers/__init__.py", "transformers/audio_utils.py"]
     diff = (applied.target / "port.diff").read_text().split("--- /dev/null\n+++ b/pyproject.toml")[0]
-    lines = diff.splitlines()
+    init, rest = diff.split("--- a/transformers/audio_utils.py\n")
+    assert [l for l in init.splitlines() if l.startswith(("+", "-")) and not l.startswith(("+++", "---"))] == [
+        "+from ._porter_npu import _porter_npu_runtime", "+_porter_npu_runtime()"]
+    lines = ("--- a/transformers/audio_utils.py\n" + rest).split("--- /dev/null")[0].splitlines()
     assert lines[:2] == ["--- a/transformers/audio_utils.py", "+++ b/transformers/audio_utils.py"]
     assert [l for l in lines[2:] if l.startswith(("@@", "+", "-"))] == EXPECTED_CHANGE
+    assert "+++ b/transformers/_porter_npu.py" in diff
     # the package is all of transformers, byte for byte apart from that file
     tree = build.tree.files
     for rel in ("transformers/generation/utils.py", "transformers/models/csm/generation_csm.py",

@@ -514,8 +514,15 @@ StreamContext = stream
 # -- torch_npu knobs that ported code commonly sets (accepted, no effect on the CPU) ----------
 
 
+_JIT_COMPILE = [True]
+
+
 def set_compile_mode(jit_compile: bool = False) -> None:
-    return None
+    _JIT_COMPILE[0] = bool(jit_compile)  # recorded, so is_jit_compile_false() reads it back
+
+
+def is_jit_compile_false() -> bool:
+    return not _JIT_COMPILE[0]
 
 
 def set_option(option: dict[str, Any]) -> None:

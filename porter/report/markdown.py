@@ -27,8 +27,12 @@ def render_markdown(report: dict[str, Any], sections: list[str] | None = None) -
     r = report
     files = r["files"]
     drift = [s for s in r["steps"] if s["drift"]]
+    from porter.report.review import pr_summary, runtime_section
+
     lines = [
         f"# porter report: {r['recipe']['name']}",
+        "",
+        pr_summary(r).rstrip(),
         "",
         r["recipe"]["description"] or "",
         "",
@@ -70,6 +74,7 @@ def render_markdown(report: dict[str, Any], sections: list[str] | None = None) -
         ]))
     else:
         lines.append("No changes.")
+    lines += ["", runtime_section(r)]
     lines += ["", "## Findings (left for review)", ""]
     if r["findings"]:
         lines.append(table(["file:line", "category", "code", "why it was left"], [

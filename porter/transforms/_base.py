@@ -71,7 +71,10 @@ class Change:
     safety: Safety
     reason: str
     step: int | None = None  # filled in by the engine
-    kind: str = "rewrite"  # "rewrite", or "helper" for a helper function written into the module
+    # "rewrite"; "helper": a helper function written into the module; "helper-import": the module
+    # imports helpers from its package's helper module; "helper-source": a helper that module needs
+    # (porter.runtime writes it into the helper module and reports it there).
+    kind: str = "rewrite"
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,9 @@ class Context:
     path: str  # posix path relative to the source root
     step: int | None = None
     exclude_symbols: tuple[str, ...] = ()  # functions/classes (name or Class.method) left alone
+    # Where this module imports porter's helpers from (`.._porter_npu`: the package's helper module,
+    # see porter.runtime); None: helpers are defined in the module itself (loose scripts, remote code).
+    helper_module: str | None = None
 
 
 HELPER_PREFIX = "_porter_"
@@ -303,28 +309,68 @@ class Rewriter(cst.CSTTransformer):
         Helper names start with `_porter_`; rewriters never look inside such functions.
 
         Patched code must not depend on porter at run time, so a rewrite that needs more than an
-        expression calls a small helper that is written into the module itself, once, after the
-        imports. The helper is recorded as a change of its own.
+        expression calls a small helper that porter writes itself: once per package, in the
+        package's helper module, imported by the modules that call it (`Context.helper_module`);
+        or, in a module that is not part of a package, into the module itself, once, after the
+        imports. Either is recorded as a change of its own.
         """
         assert name.startswith(HELPER_PREFIX), f"helper names start with {HELPER_PREFIX}"
         self._helpers.setdefault(name, source.strip() + "\n")
         return name
 
     def _insert_helpers(self, original: cst.Module, updated: cst.Module) -> cst.Module:
-        existing = {
-            s.name.value for s in updated.body if isinstance(s, cst.FunctionDef)
-        } | {
-            t.target.value
-            for s in updated.body
-            if isinstance(s, cst.SimpleStatementLine)
-            for a in s.body
-            if isinstance(a, cst.Assign)
-            for t in a.targets
-            if isinstance(t.target, cst.Name)
-        }
-        missing = [src for name, src in self._helpers.items() if name not in existing]
+        existing = _module_level_names(updated)
+        missing = [(name, src) for name, src in self._helpers.items() if name not in existing]
         if not missing:
             return updated
+        if self.ctx.helper_module is not None:
+            return self._import_helpers(updated, self.ctx.helper_module, missing)
+        return self._define_helpers(updated, [src for _, src in missing])
+
+    def _helper_change(self, line: int, end_line: int, before: str, after: str, kind: str, reason: str) -> None:
+        self.changes.append(Change(
+            file=self.ctx.path, line=line, end_line=end_line, transform=self.transform.name, before=before,
+            after=after, safety=self.transform.safety, reason=reason, step=self.ctx.step, kind=kind,
+        ))
+
+    def _import_helpers(self, updated: cst.Module, spec: str, missing: list[tuple[str, str]]) -> cst.Module:
+        """`from <spec> import <the helpers this module calls>`, one statement, after the imports.
+
+        Every helper asked for (including those a called helper builds on) is recorded as a
+        "helper-source" change; porter.runtime writes them, once, into the helper module."""
+        for name, src in missing:
+            self._helper_change(0, 0, "", src.strip(), "helper-source",
+                                "helper written once into the package's helper module")
+        called = {
+            n.value for n in walk(updated)
+            if isinstance(n, cst.Name) and n.value.startswith(HELPER_PREFIX)
+        } & {name for name, _ in missing}
+        if not called:
+            return updated
+        body = list(updated.body)
+        nl = updated.default_newline
+        at, old = _helper_import_at(body, spec)
+        names = sorted(called | (set(_imported(old)) if old is not None else set()))
+        text = f"from {spec} import {', '.join(names)}"
+        if len(text) > 100:
+            text = f"from {spec} import (" + "".join(f"{nl}    {n}," for n in names) + f"{nl})"
+        stmt = cst.parse_statement(text + nl, config=cst.PartialParserConfig(default_newline=nl))
+        before = ""
+        if old is not None:
+            before = cst.Module(body=[old]).code.strip()
+            stmt = stmt.with_changes(leading_lines=old.leading_lines)
+            body[at] = stmt
+        else:
+            body.insert(at, stmt)
+        line = 1 + len(cst.Module(body=body[:at], header=updated.header).code.splitlines())
+        line += len(getattr(stmt, "leading_lines", ()))
+        after = cst.Module(body=[stmt.with_changes(leading_lines=[])]).code.strip()
+        self._helper_change(line, line + after.count("\n"), before, after, "helper-import",
+                            "the helpers this module calls, from the package's helper module"
+                            " (patched code must not import porter)")
+        return updated.with_changes(body=body)
+
+    def _define_helpers(self, updated: cst.Module, missing: list[str]) -> cst.Module:
         body = list(updated.body)
         at = _after_imports(body)
         new_nodes = []
@@ -357,20 +403,8 @@ class Rewriter(cst.CSTTransformer):
         result = updated.with_changes(body=body)
         line = 1 + len(cst.Module(body=body[:at], header=updated.header).code.splitlines())
         for src in missing:
-            self.changes.append(
-                Change(
-                    file=self.ctx.path,
-                    line=line,
-                    end_line=line + below,
-                    transform=self.transform.name,
-                    before="",
-                    after=src.strip(),
-                    safety=self.transform.safety,
-                    reason="helper used by the rewrites in this module (patched code must not import porter)",
-                    step=self.ctx.step,
-                    kind="helper",
-                )
-            )
+            self._helper_change(line, line + below, "", src.strip(), "helper",
+                                "helper used by the rewrites in this module (patched code must not import porter)")
         return result
 
     # -- names --------------------------------------------------------------------------------
@@ -676,6 +710,60 @@ def walk(node: cst.CSTNode, prune: Callable[[cst.CSTNode], bool] | None = None) 
         yield n
         if prune is None or not prune(n):
             stack.extend(reversed(n.children))
+
+
+def _module_level_names(module: cst.Module) -> set[str]:
+    """Names the module's top level defines: functions, simple assignments, imported names."""
+    out: set[str] = set()
+    for s in module.body:
+        if isinstance(s, cst.FunctionDef):
+            out.add(s.name.value)
+        elif isinstance(s, cst.SimpleStatementLine):
+            for a in s.body:
+                if isinstance(a, cst.Assign):
+                    out.update(t.target.value for t in a.targets if isinstance(t.target, cst.Name))
+                elif isinstance(a, cst.ImportFrom) and not isinstance(a.names, cst.ImportStar):
+                    out.update(_imported(s))
+    return out
+
+
+def _imported(stmt: cst.SimpleStatementLine | None) -> list[str]:
+    """The names a `from x import a, b as c` statement binds (a, c)."""
+    if stmt is None:
+        return []
+    out = []
+    for a in stmt.body:
+        if isinstance(a, cst.ImportFrom) and not isinstance(a.names, cst.ImportStar):
+            for alias in a.names:
+                bound = alias.asname.name if alias.asname else alias.name
+                if isinstance(bound, cst.Name):
+                    out.append(bound.value)
+    return out
+
+
+def _helper_import_at(body: list[cst.BaseStatement], spec: str) -> tuple[int, cst.SimpleStatementLine | None]:
+    """Where the `from <spec> import ...` statement is (index, statement), or where it goes: after
+    the last plain import of the module's leading block (no blank line added), else after the
+    docstring and `__future__` imports."""
+    dots = len(spec) - len(spec.lstrip("."))
+    module = spec[dots:]
+    for i, stmt in enumerate(body):
+        if isinstance(stmt, cst.SimpleStatementLine) and len(stmt.body) == 1:
+            imp = stmt.body[0]
+            if (isinstance(imp, cst.ImportFrom) and len(imp.relative) == dots
+                    and imp.module is not None and get_full_name_for_node(imp.module) == module):
+                return i, stmt
+    limit = _after_imports(body)
+    at = None
+    for i, stmt in enumerate(body[:limit]):
+        if isinstance(stmt, cst.SimpleStatementLine) and all(isinstance(s, (cst.Import, cst.ImportFrom)) for s in stmt.body):
+            at = i + 1
+    if at is None:
+        at = 0
+        for i, stmt in enumerate(body[:limit]):
+            if isinstance(stmt, cst.SimpleStatementLine):
+                at = i + 1
+    return at, None
 
 
 def _after_imports(body: list[cst.BaseStatement]) -> int:

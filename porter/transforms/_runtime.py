@@ -4,9 +4,10 @@
 
 A helper decides for a tensor's device (`q.device.type`, flash-attention calls) or, where no tensor
 exists yet (an implementation name, a compile call, an SDPA context), for the process:
-`_porter_runs_on(kinds)` builds on porter's shared `_porter_npu_available()` (from
-`_npu_runtime`, so every rewrite agrees on what an npu host is) and adds one case: torch_npu
-installed but not imported yet, because implementation defaults and compile decorators are
+`_porter_runs_on(kinds)` makes the same test as porter's shared `_porter_npu_available()` (from
+`_npu_runtime`: no CUDA, `torch.npu` reports a device; every rewrite agrees on what an npu host
+is), written out so that it needs no second helper, and adds one case: torch_npu installed but
+not imported yet, because implementation defaults and compile decorators are
 evaluated at import time, possibly before the user's `import torch_npu`. "cpu" in `kinds` means a
 host with neither CUDA nor npu. "cuda" is never a kind (params reject it), so a CUDA host always
 runs the upstream code.
@@ -19,8 +20,6 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from porter.transforms._npu_runtime import NPU_AVAILABLE, NPU_AVAILABLE_SOURCE
-
 RUNS_ON = "_porter_runs_on"
 _RUNS_ON = '''
 def _porter_runs_on(kinds):
@@ -30,13 +29,13 @@ def _porter_runs_on(kinds):
 
     import torch
 
+    if torch.cuda.is_available():
+        return False
     if hasattr(torch, "npu"):
-        npu = _porter_npu_available()
+        npu = torch.npu.is_available()
     else:
-        npu = not torch.cuda.is_available() and importlib.util.find_spec("torch_npu") is not None
-    if npu:
-        return "npu" in kinds
-    return "cpu" in kinds and not torch.cuda.is_available()
+        npu = importlib.util.find_spec("torch_npu") is not None
+    return ("npu" if npu else "cpu") in kinds
 '''
 
 
@@ -52,8 +51,8 @@ def kinds_literal(kinds: Iterable[str]) -> str:
 
 
 def runs_on() -> list[tuple[str, str]]:
-    """`_porter_runs_on` and porter's shared `_porter_npu_available` it builds on, in that order."""
-    return [(NPU_AVAILABLE, NPU_AVAILABLE_SOURCE), (RUNS_ON, _RUNS_ON)]
+    """`_porter_runs_on` (a list, like the other helper sets)."""
+    return [(RUNS_ON, _RUNS_ON)]
 
 
 def need_runs_on(rewriter) -> str:
