@@ -69,6 +69,7 @@ _KERNEL_TOKENS = {"kernel", "kernels", "ext", "extension", "extensions", "cpp", 
 _FLASH_TOKENS = {"flash", "xformers", "fa2", "fa3", "te", "vllm"}
 _CUDA_ONLY_ATTRS = {"major", "minor"}
 _CUDA_ONLY_CALLS = {"torch.cuda.get_device_capability", "torch.cuda.get_device_properties"}
+_CUDA_BUILD_ATTRS = {"torch.version.cuda", "torch.version.hip"}  # None on an npu build of torch
 _MESSAGE_COMPILE = re.compile(r"compil|cuda ?graph|cudagraph|graph capture", re.I)
 _MESSAGE_FLASH = re.compile(r"flash", re.I)
 _MESSAGE_CUDA = re.compile(r"\bcuda\b|\bgpu\b|nvidia", re.I)
@@ -223,8 +224,11 @@ class _Analysis:
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name.startswith("_porter_"):
                 mark(n)
             elif isinstance(n, ast.Call):
-                inner = n.func.func if isinstance(n.func, ast.Call) else n.func
-                if isinstance(inner, ast.Name) and inner.id.startswith("_porter_"):
+                if isinstance(n.func, ast.Call) and isinstance(n.func.func, ast.Name) \
+                        and n.func.func.id.startswith("_porter_"):
+                    mark(n.func)  # `_porter_compile_where_supported(torch.compile)(model, backend=...)`:
+                    #               the arguments are upstream's and are analysed as such
+                elif isinstance(n.func, ast.Name) and n.func.id.startswith("_porter_"):
                     mark(n)
             elif isinstance(n, (ast.If, ast.IfExp)) and _porter_test(n.test):
                 for part in (n.orelse if isinstance(n.orelse, list) else [n.orelse]):
@@ -322,6 +326,8 @@ class _Analysis:
             q = self.names.qualify(n) or ""
             if q in COMPILE_APIS:
                 return "compile"
+            if q in _CUDA_BUILD_ATTRS:
+                return "cuda_build"
         elif isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load):
             if n.id in self.cuda_state:
                 return "cuda_state"
@@ -776,6 +782,83 @@ class _Analysis:
                      'backend "nccl" is CUDA\'s collective backend (npu uses "hccl"); no transform handles it',
                      kind="call")
 
+    def _predicate(self, node: ast.Call) -> bool:
+        """`torch.cuda.is_available()` / `device_count()` whose context keeps it CUDA-only; adds the site.
+
+        * an argument of a compilation (`torch.compile(backend="inductor" if is_available() else ...)`,
+          `prepare(compile=is_available())`): widening would choose CUDA's compile settings on npu;
+        * paired in an `and`/`or` with a CUDA-only property (`torch.version.cuda`, `.major`, capability):
+          the condition stays false on npu, so widening alone writes an npu branch npu never takes.
+        """
+        expr, siblings = node, []
+        while True:
+            p = self.parent.get(expr)
+            if isinstance(p, ast.BoolOp):
+                siblings.extend(v for v in p.values if v is not expr)
+            elif not (isinstance(p, ast.UnaryOp) and isinstance(p.op, ast.Not)
+                      or isinstance(p, ast.Compare) and p.left is expr):
+                break
+            expr = p
+        for s in siblings:
+            eff = self.effects([s])
+            prop = eff.get("cuda_build") or eff.get("cuda_only")
+            if prop:
+                self.add(node, "cuda_api", "decision", "cuda-api",
+                         "paired with a CUDA-only property (torch.version.cuda/hip, major/minor/capability: "
+                         "no usable value on npu), so the condition stays CUDA-only; widening the check alone "
+                         "would write an npu branch npu never takes: the npu path belongs next to it, a human "
+                         "decides", ast.unparse(expr)[:120], kind="paired")
+                branch = self._branch_of(expr)
+                if branch is not None:
+                    self._keep_path(self._cuda_side(branch, not _negated(expr)), branch.lineno)
+                return True
+            if "compile" in eff:
+                self.add(node, "compile_gate", "keep", "cuda-api",
+                         "decides with the other operand whether compilation runs: stays CUDA-only",
+                         ast.unparse(expr)[:120], kind="gate")
+                return True
+        child = expr
+        for a in self.ancestors(expr):
+            if isinstance(a, ast.stmt):
+                break
+            if isinstance(a, ast.keyword):
+                gate = self._name_gate(a.arg or "")
+                if gate:
+                    self.add(node, gate[0], "keep", "cuda-api",
+                             f"chooses {gate[3]} through {a.arg}=: stays CUDA-only", ast.unparse(a)[:120],
+                             kind="gate")
+                    return True
+            if isinstance(a, ast.Call) and child is not a.func and self._compiles(a):
+                self.add(node, "compile_gate", "keep", "cuda-api",
+                         "chooses a setting of a compilation (backend/mode: inductor, CUDA graphs) that only CUDA "
+                         "runs (compile-bypass keeps it off on npu): stays CUDA-only", ast.unparse(a.func)[:120],
+                         kind="gate")
+                return True
+            child = a
+        return False
+
+    def _early_exit(self, node: ast.Call) -> None:
+        """`if not torch.cuda.is_available() [or ...]: return`: cuda-api leaves a negated guard for a
+        decision, so the code after it is only reachable on CUDA."""
+        p = self.parent.get(node)
+        if not (isinstance(p, ast.UnaryOp) and isinstance(p.op, ast.Not)):
+            return
+        expr = p
+        while isinstance(self.parent.get(expr), ast.BoolOp) and isinstance(self.parent[expr].op, ast.Or):
+            expr = self.parent[expr]
+        branch = self.parent.get(expr)
+        if isinstance(branch, ast.If) and branch.test is expr and branch.body \
+                and isinstance(branch.body[-1], (ast.Return, ast.Raise)):
+            self._keep_path(self._following(branch), branch.lineno)
+
+    def _compiles(self, call: ast.Call) -> bool:
+        """torch.compile(...) and the like, `model.compile(...)`, or a call compile-bypass routed."""
+        func = call.func
+        if isinstance(func, ast.Call) and isinstance(func.func, ast.Name) \
+                and func.func.id.startswith("_porter_compile"):
+            return True
+        return (self.names.qualify(func) or "") in COMPILE_APIS or self._is_method_compile(call)
+
     def _cuda_call(self, node: ast.Call, q: str) -> None:
         name = q.split(".")[-1]
         rest = q[len("torch.cuda."):] if q.startswith("torch.cuda.") else q
@@ -792,7 +875,10 @@ class _Analysis:
                      kind="call")
         elif name == "mem_get_info":
             self.add(node, "cuda_api", "rewrite", "mem-get-info", "free/total memory answered on npu", kind="call")
+        elif name in ("is_available", "device_count") and self._predicate(node):
+            pass
         elif name in ("is_available", "device_count"):
+            self._early_exit(node)
             self.add(node, "cuda_api", "decision", "cuda-api",
                      "False/0 on npu: CUDA-only work is skipped there; cuda-api widens it only where the guarded "
                      "code follows the device", kind="predicate")

@@ -37,6 +37,8 @@ OWNED_ELSEWHERE = {
 }
 # torch.cuda submodules whose functions are re-exported as torch.cuda.X (same objects).
 _SUBMODULES = ("memory", "random", "streams")
+# Analysis categories whose kept (or paired, decided) sites cuda-api leaves alone.
+_KEPT_CATEGORIES = ("cuda_api", "compile_gate", "kernel_gate")
 # Answers "is there an accelerator?"; code then often picks "cuda": rewritten only in safe guards.
 PREDICATES = ("is_available", "device_count")
 _BUILTINS = {"print", "len", "str", "int", "float", "bool", "round", "min", "max", "format", "isinstance",
@@ -46,7 +48,9 @@ _SAFE_METHODS = {"to", "half", "float", "bfloat16", "eval", "cpu", "item", "form
 _LOGGING = _SAFE_METHODS & {"debug", "info", "warning", "warn", "error", "exception", "critical", "log"}
 _SAFE_TORCH = {"torch.manual_seed", "torch.device", "torch.autocast", "torch.amp.autocast",
                "torch.set_float32_matmul_precision", "torch.no_grad", "torch.inference_mode", "torch.is_tensor",
-               "torch.get_default_dtype", "torch.set_default_dtype", "warnings.warn"}
+               "torch.get_default_dtype", "torch.set_default_dtype", "warnings.warn", "gc.collect"}
+# Logging packages: `from loguru import logger; logger.info(...)` only writes a message.
+_LOGGERS = {"logging", "loguru"}
 
 
 class _Rewrite(Rewriter):
@@ -84,13 +88,16 @@ class _Rewrite(Rewriter):
 
     def kept_by_analysis(self, node: cst.Call) -> str | None:
         """Why the analysis keeps this call CUDA-only (a CUDA-only property read from its result,
-        such as `get_device_properties(d).major`), else None."""
-        if self.source is None or not has_sites(self.ctx.path, self.source, ("cuda_api",), ("keep",)):
+        such as `get_device_properties(d).major`; a predicate that chooses compile settings or is
+        paired with `torch.version.cuda`), else None."""
+        if self.source is None or not has_sites(self.ctx.path, self.source, _KEPT_CATEGORIES):
             return None
         start = self.meta(PositionProvider, node).start
-        site = site_at(self.ctx.path, self.source, start.line, start.column, ("cuda_api",))
-        if site is None or site.action != "keep":
+        site = site_at(self.ctx.path, self.source, start.line, start.column, _KEPT_CATEGORIES)
+        if site is None or not (site.action == "keep" or site.kind == "paired"):
             return None
+        if site.action == "decision":
+            return f"needs a decision: {site.reason}"
         if site.reason.startswith("harmless: only reachable on CUDA"):
             return site.reason + "; left alone"
         if site.reason.startswith("harmless"):
@@ -217,9 +224,7 @@ class _Rewrite(Rewriter):
                 return f"hard-codes a CUDA device (line {line}; run hardcoded-device first)"
             if isinstance(node, (cst.Import, cst.ImportFrom, cst.FunctionDef, cst.ClassDef)):
                 return f"imports or defines something (line {line})"
-            if isinstance(node, (cst.Assign, cst.AugAssign, cst.AnnAssign)) and isinstance(
-                node.value, (cst.Integer, cst.Name)
-            ) and (not isinstance(node.value, cst.Name) or node.value.value in ("True", "False")):
+            if isinstance(node, (cst.Assign, cst.AugAssign, cst.AnnAssign)) and _flag(node):
                 return f"sets a flag that later code may read as 'CUDA is present' (line {line})"
             if isinstance(node, (cst.Attribute, cst.Name)):
                 name = self.cuda_name(node)
@@ -244,12 +249,33 @@ class _Rewrite(Rewriter):
         if names:
             factories = set(self.data.device_argument_functions.get("torch", ()))
             return any(n in _SAFE_TORCH or (n.startswith("torch.") and n[len("torch."):] in factories)
+                       or n.rsplit(".", 1)[-1] in _LOGGING and n.split(".")[0] in _LOGGERS
                        for n in names)
         if isinstance(func, cst.Name):
             return func.value in _BUILTINS
         if isinstance(func, cst.Attribute):
             return func.attr.value in _SAFE_METHODS
         return False
+
+
+def _flag(node: cst.Assign | cst.AugAssign | cst.AnnAssign) -> bool:
+    """`use_gpu = True`, `n_gpu = 1`: a bool, or a number stored under a device-like name (a batch
+    size picked from free memory is not a flag)."""
+    value = node.value
+    if isinstance(value, cst.Name):
+        return value.value in ("True", "False")
+    if not isinstance(value, cst.Integer):
+        return False
+    targets = [t.target for t in node.targets] if isinstance(node, cst.Assign) else [node.target]
+    words = set()
+    for t in targets:
+        for n in walk(t):
+            if isinstance(n, cst.Name):
+                words.update(w for w in re.split(r"[_\W]+", n.value.lower()) if w)
+    return bool(words & _DEVICE_WORDS)
+
+
+_DEVICE_WORDS = {"cuda", "gpu", "gpus", "ngpu", "device", "devices", "accelerator", "rank", "world", "nccl"}
 
 
 def _dotted(node: cst.CSTNode) -> bool:
