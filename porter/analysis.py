@@ -45,6 +45,7 @@ ACTIONS = ("rewrite", "keep", "decision")
 PREFILTER = re.compile(
     r"cuda|flash_attn|flash_attention|compile|CUDAGraph|triton|apex|xformers|deepspeed|grouped_gemm|nccl|autocast"
     r"|cpp_extension|transformer_engine|vllm"
+    r"|stft|fft|view_as_complex|polar|torch\.complex|\d[jJ]\b"
 )
 CUDA_ONLY_MODULES = ("flash_attn", "triton", "apex", "xformers", "deepspeed", "grouped_gemm", "nccl", "cupy",
                      "pynvml", "bitsandbytes", "vllm", "mamba_ssm", "causal_conv1d", "transformer_engine")
@@ -69,6 +70,10 @@ _KERNEL_TOKENS = {"kernel", "kernels", "ext", "extension", "extensions", "cpp", 
 _FLASH_TOKENS = {"flash", "xformers", "fa2", "fa3", "te", "vllm"}
 _CUDA_ONLY_ATTRS = {"major", "minor"}
 _CUDA_ONLY_CALLS = {"torch.cuda.get_device_capability", "torch.cuda.get_device_properties"}
+# Complex-valued tensors (dtype decisions on npu): calls that return or take one.
+_COMPLEX_CALLS = {"torch.istft", "torch.view_as_complex", "torch.polar", "torch.complex"}
+_FFT_COMPLEX = {"fft", "ifft", "rfft", "irfft", "fft2", "ifft2", "rfft2", "irfft2", "fftn", "ifftn", "rfftn",
+                "irfftn", "hfft", "ihfft"}
 _CUDA_BUILD_ATTRS = {"torch.version.cuda", "torch.version.hip"}  # None on an npu build of torch
 _MESSAGE_COMPILE = re.compile(r"compil|cuda ?graph|cudagraph|graph capture", re.I)
 _MESSAGE_FLASH = re.compile(r"flash", re.I)
@@ -689,6 +694,9 @@ class _Analysis:
                 self.add(n, "cuda_api", "keep", "cuda-api",
                          f"`.{n.attr}` of CUDA device properties: torch_npu has no usable value; never sent to torch.npu",
                          kind="property", anchor=n.value)
+        elif isinstance(n, ast.Constant) and isinstance(n.value, complex) and isinstance(
+                self.parent.get(n), ast.BinOp) and "torch" in self.names.aliases.values():
+            self._complex(n, f"the complex literal {n.value!r}")
         elif isinstance(n, ast.JoinedStr) and _cuda_fstring(n):
             p = self.parent.get(n)
             if not isinstance(p, (ast.Compare, ast.Expr)) and not isinstance(self.parent.get(p), ast.Compare):
@@ -734,6 +742,10 @@ class _Analysis:
     def _call(self, node: ast.Call) -> None:
         q = self.names.qualify(node.func) or ""
         text = _dotted(node.func) or ""
+        if q in _COMPLEX_CALLS or q.startswith("torch.fft.") and q.rsplit(".", 1)[-1] in _FFT_COMPLEX or (
+                q == "torch.stft" and any(k.arg == "return_complex" and not (
+                    isinstance(k.value, ast.Constant) and k.value.value is False) for k in node.keywords)):
+            self._complex(node, f"{q}()")
         if q.startswith("torch.cuda.") or q.startswith("torch.backends.cuda."):
             self._cuda_call(node, q)
         elif q in ("torch.compile", "torch._dynamo.optimize"):
@@ -858,6 +870,13 @@ class _Analysis:
                 and func.func.id.startswith("_porter_compile"):
             return True
         return (self.names.qualify(func) or "") in COMPILE_APIS or self._is_method_compile(call)
+
+    def _complex(self, node: ast.AST, what: str) -> None:
+        """A complex-valued tensor (FFT/STFT, `1j`): a dtype question on npu, reported on its statement."""
+        stmt = next((a for a in self.ancestors(node) if isinstance(a, ast.stmt)), node)
+        self.add(stmt, "dtype", "decision", "",
+                 f"{what} makes or reads a complex tensor: check that npu supports complex64 for it, or run it "
+                 "on CPU (no transform decides this)", kind="complex", anchor=node)
 
     def _cuda_call(self, node: ast.Call, q: str) -> None:
         name = q.split(".")[-1]
