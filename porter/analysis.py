@@ -872,11 +872,10 @@ class _Analysis:
         return (self.names.qualify(func) or "") in COMPILE_APIS or self._is_method_compile(call)
 
     def _complex(self, node: ast.AST, what: str) -> None:
-        """A complex-valued tensor (FFT/STFT, `1j`): a dtype question on npu, reported on its statement."""
-        stmt = next((a for a in self.ancestors(node) if isinstance(a, ast.stmt)), node)
-        self.add(stmt, "dtype", "decision", "",
+        """A complex-valued tensor (FFT/STFT, `1j`): a dtype question on npu, reported on its line."""
+        self.add(node, "dtype", "decision", "",
                  f"{what} makes or reads a complex tensor: check that npu supports complex64 for it, or run it "
-                 "on CPU (no transform decides this)", kind="complex", anchor=node)
+                 "on CPU (no transform decides this)", kind="complex")
 
     def _cuda_call(self, node: ast.Call, q: str) -> None:
         name = q.split(".")[-1]

@@ -319,3 +319,150 @@ def test_class5_coqui_attend_shape_tuple_unpacking_and_early_return():
     assert out.text == text
     assert [(f.line, f.category) for f in out.findings] == [(13, "needs-decision")]
     assert "flows into the test at line 14" in out.findings[0].reason
+
+
+# -- is_available()/device_count() judged by their context, like the device comparisons --------------
+FISH_COMPILE = textwrap.dedent('''\
+    import torch
+
+
+    def setup(decode_one_token, compile):
+        if compile:
+            decode_one_token = torch.compile(
+                decode_one_token,
+                backend="inductor" if torch.cuda.is_available() else "aot_eager",
+                mode="reduce-overhead" if torch.cuda.is_available() else None,
+                fullgraph=True,
+            )
+        return decode_one_token
+''')
+
+
+def test_class1_is_available_choosing_compile_settings_stays_cuda_only():
+    # fish-speech 0.1.0 text2semantic/inference.py: inductor and CUDA graphs only under CUDA
+    bypassed = run("compile-bypass", FISH_COMPILE).text
+    assert "_porter_compile_where_supported(torch.compile)(" in bypassed
+    for text in (FISH_COMPILE, bypassed):  # before and after compile-bypass routed the call
+        out = run("cuda-api", text)
+        assert out.text == text and not out.changes
+        assert [f.line for f in out.findings] == [i + 1 for i, line in enumerate(text.splitlines())
+                                                  if "if torch.cuda.is_available() else" in line]
+        assert all("compilation" in f.reason for f in out.findings)
+    assert {(s.category, s.action) for s in sites(FISH_COMPILE, 8)} == {("compile_gate", "keep")}
+
+
+def test_class1_is_available_passed_as_a_compile_flag():
+    text = "import torch\n\ndef load(model):\n    model.prepare(compile=torch.cuda.is_available())\n"
+    out = run("cuda-api", text)
+    assert out.text == text and "compile=" in out.findings[0].reason
+
+
+WHISPER_DEVICE = textwrap.dedent('''\
+    import torch
+
+
+    def get_default_compute_device():
+        if torch.cuda.is_available() and (torch.version.cuda or torch.version.hip):
+            return 'cuda'
+        elif torch.backends.mps.is_available():
+            return 'mps'
+        else:
+            return 'cpu'
+''')
+
+
+def test_class3_is_available_paired_with_the_cuda_build_is_a_decision():
+    # WhisperSpeech 0.8.9 inference.py: widened, the condition still needs torch.version.cuda (None on
+    # an npu build), so an npu return written under it is never reached: a decision, nothing rewritten
+    for name in ("hardcoded-device", "cuda-api"):
+        out = run(name, WHISPER_DEVICE)
+        assert out.text == WHISPER_DEVICE and not out.changes, name
+    out = run("cuda-api", WHISPER_DEVICE)
+    assert [(f.line, f.category) for f in out.findings] == [(5, "cuda-api")]
+    assert "needs a decision" in out.findings[0].reason and "torch.version.cuda" in out.findings[0].reason
+    [site] = [s for s in sites(WHISPER_DEVICE, 5) if s.category == "cuda_api"]
+    assert (site.action, site.kind) == ("decision", "paired")
+    # without the CUDA-build condition the guard and its device follow npu as before
+    plain = WHISPER_DEVICE.replace(" and (torch.version.cuda or torch.version.hip)", "")
+    assert "'npu' if _porter_npu_available() else 'cuda'" in run("hardcoded-device", plain).text
+
+
+def test_class3_properties_after_an_early_return_without_cuda_are_left_alone():
+    # coqui-tts 0.28.0 perceiver_encoder.py: only CUDA gets past the early return
+    text = textwrap.dedent('''\
+        import torch
+
+
+        class Attend:
+            def __init__(self, use_flash):
+                self.cuda_config = None
+                if not torch.cuda.is_available() or not use_flash:
+                    return
+                props = torch.cuda.get_device_properties(torch.device("cuda"))
+                if props.major == 8:
+                    self.cuda_config = 1
+    ''')
+    for name in ("hardcoded-device", "cuda-api"):
+        out = run(name, text)
+        assert out.text == text, name
+    out = run("hardcoded-device", text)
+    assert any("behind the gate at line 7" in f.reason for f in out.findings)
+    # without the early return, torch.device("cuda") is a device choice like any other
+    assert run("hardcoded-device", text.replace("or not use_flash:\n            return", "or not use_flash:\n"
+                                                  "            pass")).changes
+
+
+def test_guards_whose_code_follows_the_device_are_widened():
+    # fish-speech (gc.collect, loguru's logger) and coqui-tts tortoise (a batch size from free memory)
+    text = textwrap.dedent('''\
+        import gc
+
+        import torch
+        from loguru import logger
+
+
+        def release():
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+                gc.collect()
+            if torch.cuda.is_available():
+                logger.info(f"GPU Memory used: {torch.cuda.max_memory_reserved() / 1e9:.02f} GB")
+
+
+        def pick_batch_size():
+            batch_size = 4
+            if torch.cuda.is_available():
+                batch_size = 1
+                if torch.cuda.memory_reserved() > 14:
+                    batch_size = 16
+            return batch_size
+    ''')
+    out = run("cuda-api", text)
+    assert out.text.count("if _porter_cuda_or_npu().is_available():") == 3, out.text
+    assert not out.findings
+    # a flag is still a blocker
+    flag = text.replace("batch_size = 1\n", "use_gpu = True\n")
+    assert any("sets a flag" in f.reason for f in run("cuda-api", flag).findings)
+
+
+def test_complex_tensors_are_dtype_decisions_the_scan_reports():
+    # outetts (torch.fft.rfft, istft, `x + 1j * y`), fish-speech and coqui-tts (stft(return_complex=...))
+    text = textwrap.dedent('''\
+        import torch
+
+
+        def spectra(y, x, mag, window, self):
+            spec = torch.view_as_real(
+                torch.stft(y, 1024, window=window, return_complex=True)
+            )
+            f = torch.fft.rfft(y, n=2048, dim=1)
+            s = mag * (x + 1j * y)
+            audio = torch.istft(s, 1024)
+            real = torch.stft(y, 1024, return_complex=False)
+            chosen = torch.stft(y, 1024, return_complex=self.return_complex)
+            freqs = torch.fft.rfftfreq(1024)
+            return spec, f, audio, real, chosen, freqs
+    ''')
+    found = [(s.line, s.category, s.action) for s in scan_source(text)]
+    assert found == [(n, "dtype", "decision") for n in (6, 8, 9, 10, 12)]  # the complex call's own line
+    assert not analyse_source("m.py", "z = 1 + 2j\n")  # not torch code
