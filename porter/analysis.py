@@ -51,6 +51,7 @@ CUDA_ONLY_MODULES = ("flash_attn", "triton", "apex", "xformers", "deepspeed", "g
                      "pynvml", "bitsandbytes", "vllm", "mamba_ssm", "causal_conv1d", "transformer_engine")
 _KERNEL_MODULES = ("triton", "apex", "xformers", "vllm", "mamba_ssm", "causal_conv1d", "transformer_engine",
                    "flash_attn", "grouped_gemm", "torch.utils.cpp_extension", "cupy")
+_NO_NPU_BUILD = ("flash_attn", "xformers", "exllamav2")  # CUDA kernels only: never import on an npu host
 _FLASH_MODULES = ("flash_attn", "xformers", "transformer_engine", "vllm")
 _CUDA = re.compile(r"^cuda(:\d+)?$")
 _DEVICE_KWARGS = {"device", "map_location", "device_map", "device_type", "default_device"}
@@ -587,7 +588,44 @@ class _Analysis:
         return None
 
     # -- the walk -----------------------------------------------------------------------------------
+    def _cuda_only_regions(self) -> None:
+        """Code only a CUDA host runs, whatever the device checks say:
+
+        * after `import flash_attn` (xformers, exllamav2: no npu build) in a `try` body: the rest of
+          that body runs only where the import succeeded; names it sets to True there are flags;
+        * a class whose `__init__` raises when such a flag is false (`if not _EXL2_AVAILABLE: raise`);
+        * a class named for flash attention that calls flash attention (`...FlashAttention2`): used
+          only with attn_implementation="flash_attention_2", which attention-fallback keeps off npu.
+        """
+        flags: dict[str, int] = {}
+        for n in self.nodes:
+            if not isinstance(n, ast.Try):
+                continue
+            for i, stmt in enumerate(n.body):
+                mods = [a.name for a in stmt.names] if isinstance(stmt, ast.Import) else (
+                    [stmt.module or ""] if isinstance(stmt, ast.ImportFrom) and stmt.level == 0 else [])
+                if any(m.split(".")[0] in _NO_NPU_BUILD for m in mods):
+                    rest = n.body[i + 1:]
+                    self._keep_path(rest, stmt.lineno)
+                    for r in rest:
+                        if isinstance(r, ast.Assign) and isinstance(r.value, ast.Constant) and r.value.value is True:
+                            flags.update({t.id: stmt.lineno for t in r.targets if isinstance(t, ast.Name)})
+                    break
+        for n in self.nodes:
+            if not isinstance(n, ast.ClassDef):
+                continue
+            init = next((b for b in n.body if isinstance(b, ast.FunctionDef) and b.name == "__init__"), None)
+            for b in (init.body if init else []):
+                if isinstance(b, ast.If) and _negated(b.test) and isinstance(b.test.operand, ast.Name) \
+                        and b.test.operand.id in flags and b.body and isinstance(b.body[-1], ast.Raise):
+                    self._keep_path([n], flags[b.test.operand.id])
+                    break
+            else:
+                if flash_hint(n.name) and "flash" in self.effects(n.body):
+                    self._keep_path([n], n.lineno)
+
     def run(self) -> list[Site]:
+        self._cuda_only_regions()
         # Device checks first: their classification decides which paths only CUDA reaches.
         for n in self.nodes:
             if isinstance(n, ast.Compare):
