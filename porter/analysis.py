@@ -1030,6 +1030,17 @@ def cuda_only_gate(path: str, text: str, line: int) -> int | None:
     return None
 
 
+def no_npu_build_gate(path: str, text: str, line: int) -> int | None:
+    """Like `cuda_only_gate`, for gates that are an import of a module with no npu build (`import
+    flash_attn` in a try body): code behind them never runs on npu, whatever porter rewrites."""
+    gate = cuda_only_gate(path, text, line)
+    if gate is None:
+        return None
+    lines = text.splitlines()
+    code = lines[gate - 1] if 0 < gate <= len(lines) else ""
+    return gate if re.match(r"\s*(from|import)\s+(%s)\b" % "|".join(_NO_NPU_BUILD), code) else None
+
+
 def has_cuda_only_paths(path: str, text: str) -> bool:
     return bool(_result(path, text)[1])
 

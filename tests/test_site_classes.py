@@ -466,3 +466,106 @@ def test_complex_tensors_are_dtype_decisions_the_scan_reports():
     found = [(s.line, s.category, s.action) for s in scan_source(text)]
     assert found == [(n, "dtype", "decision") for n in (6, 8, 9, 10, 12)]  # the complex call's own line
     assert not analyse_source("m.py", "z = 1 + 2j\n")  # not torch code
+
+
+def test_a_fallback_to_cpu_without_cuda_keeps_npu():
+    # fish-speech 0.1.0 tools/run_webui.py and tools/server/model_manager.py: `not CUDA -> cpu` would
+    # override a requested npu device with cpu; widened, npu keeps it (CUDA and CPU hosts as before)
+    text = textwrap.dedent('''\
+        import torch
+        from loguru import logger
+
+
+        def pick(args):
+            if torch.backends.mps.is_available():
+                args.device = "mps"
+            elif not torch.cuda.is_available():
+                logger.info("CUDA is not available, running on CPU.")
+                args.device = "cpu"
+            return args.device
+    ''')
+    out = run("cuda-api", text)
+    assert "elif not _porter_cuda_or_npu().is_available():" in out.text and not out.findings
+    # a branch that does anything else is still a decision
+    for body in ('raise RuntimeError("CUDA is required")', 'args.device = "cuda"', "args.fast = False"):
+        other = text.replace('args.device = "cpu"', body)
+        out = run("cuda-api", other)
+        assert out.text == other and [f.line for f in out.findings] == [8], body
+
+
+# -- code npu never runs: behind an import of a module with no npu build --------------------------------
+def test_flash_request_after_a_flash_attn_import_is_left_alone():
+    # outetts 0.4.4 models/config.py: the request only follows a successful `import flash_attn`
+    text = textwrap.dedent('''\
+        def build(config):
+            try:
+                from flash_attn import flash_attn_func
+                config["attn_implementation"] = "flash_attention_2"
+            except ImportError:
+                pass
+            return load(attn_implementation="flash_attention_2")
+    ''')
+    out = run("attention-fallback", text)
+    assert 'config["attn_implementation"] = "flash_attention_2"' in out.text
+    assert 'load(attn_implementation=_porter_flash_attention_or_fallback("flash_attention_2"))' in out.text
+    assert any(f.line == 4 and "import at line 3" in f.reason for f in out.findings)
+
+
+def test_class_needing_a_cuda_only_module_is_left_alone():
+    # outetts 0.4.4 models/exl2_model.py: the class raises without exllamav2 (CUDA kernels only)
+    text = textwrap.dedent('''\
+        import torch
+
+        try:
+            from exllamav2 import ExLlamaV2
+            _EXL2_AVAILABLE = True
+        except Exception:
+            _EXL2_AVAILABLE = False
+
+
+        class EXL2Model:
+            def __init__(self, path):
+                if not _EXL2_AVAILABLE:
+                    raise ImportError("exllamav2 python module not found.")
+                self.model = ExLlamaV2(path)
+
+            def generate(self, x):
+                out = self.model(x)
+                torch.cuda.empty_cache()
+                return out
+
+
+        def release():
+            torch.cuda.empty_cache()
+    ''')
+    out = run("cuda-api", text)
+    assert "        torch.cuda.empty_cache()\n" in out.text  # in the class: left, with the gate line
+    assert "    _porter_cuda_or_npu().empty_cache()\n" in out.text  # outside it: ported
+    assert any(f.line == 18 and "behind the gate at line 4" in f.reason for f in out.findings)
+
+
+def test_flash_attention_class_is_left_alone_by_autocast_device():
+    # parler-tts 0.2.3 ParlerTTSFlashAttention2: used only with flash_attention_2 (no npu build)
+    text = textwrap.dedent('''\
+        import torch
+
+
+        class ParlerFlashAttention2(Attention):
+            def forward(self, q):
+                if torch.is_autocast_enabled():
+                    q = q.to(torch.get_autocast_gpu_dtype())
+                return self._flash_attention_forward(q)
+
+
+        class ParlerSdpaAttention(Attention):
+            def forward(self, q):
+                if torch.is_autocast_enabled():
+                    q = q.to(torch.get_autocast_gpu_dtype())
+                return q
+    ''')
+    out = run("autocast-device", text)
+    lines = {c.line for c in out.changes}
+    assert {13, 14} <= lines and not lines & {6, 7}  # (line 2: porter's helper)
+    assert out.text.count('torch.get_autocast_dtype("npu")') == 1
+    assert {f.line for f in out.findings} == {6, 7}
+    assert all("behind the gate at line 4" in f.reason for f in out.findings)

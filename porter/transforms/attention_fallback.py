@@ -10,7 +10,7 @@ import libcst as cst
 from libcst.helpers import get_full_name_for_node
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from porter.analysis import cuda_only_gate, has_cuda_only_paths
+from porter.analysis import has_cuda_only_paths, no_npu_build_gate
 from porter.transforms import _gates, _runtime
 from porter.transforms._npu_runtime import string_value as _string
 from porter.transforms._npu_runtime import target_name as _key_name
@@ -530,7 +530,7 @@ class _Fallback(Rewriter):
     def _cuda_only_gate(self, node: cst.CSTNode) -> int | None:
         if self.source is None or not has_cuda_only_paths(self.ctx.path, self.source):
             return None
-        return cuda_only_gate(self.ctx.path, self.source, self.line_of(node)[0])
+        return no_npu_build_gate(self.ctx.path, self.source, self.line_of(node)[0])
 
     def leave_Comparison(self, original: cst.Comparison, updated: cst.Comparison) -> cst.BaseExpression:
         plan = self._widen.get(original)

@@ -49,6 +49,8 @@ _LOGGING = _SAFE_METHODS & {"debug", "info", "warning", "warn", "error", "except
 _SAFE_TORCH = {"torch.manual_seed", "torch.device", "torch.autocast", "torch.amp.autocast",
                "torch.set_float32_matmul_precision", "torch.no_grad", "torch.inference_mode", "torch.is_tensor",
                "torch.get_default_dtype", "torch.set_default_dtype", "warnings.warn", "gc.collect"}
+# Devices an `if not torch.cuda.is_available():` branch may fall back to (no CUDA work in it).
+_FALLBACK_DEVICES = {"cpu", "mps", "xpu", "meta"}
 # Logging packages: `from loguru import logger; logger.info(...)` only writes a message.
 _LOGGERS = {"logging", "loguru"}
 
@@ -189,15 +191,43 @@ class _Rewrite(Rewriter):
         if not (isinstance(parent, (cst.If, cst.IfExp)) and parent.test is child):
             return (f"torch.cuda.{name}() outside an if-test: code often turns the answer into a CUDA device "
                     "or flag later; needs a decision")
-        if negated:
+        if negated and not self.falls_back(parent, child, call):
             return (f"`not torch.cuda.{name}()` gates the code after it (a CUDA-required check?); "
                     "needs a decision")
+        if negated:
+            return None
         if isinstance(parent, cst.IfExp) and is_cuda_literal(parent.body):
             return "device choice on torch.cuda.is_available(): hardcoded-device rewrites it"
         blocker = self.blocker(parent.body)
         if blocker is not None:
             return f"guarded code {blocker}; widening the guard to npu could break it"
         return None
+
+    def falls_back(self, branch: cst.CSTNode, test: cst.CSTNode, call: cst.Call) -> bool:
+        """`if not torch.cuda.is_available(): device = "cpu"` (and a log line): the branch only falls back
+        to a non-CUDA device. Widened, an npu host keeps the device it asked for instead of cpu."""
+        if not (isinstance(branch, cst.If) and isinstance(test, cst.UnaryOperation) and test.expression is call):
+            return False
+        stmts = [s for line in branch.body.body for s in getattr(line, "body", [line])]
+        assigned = False
+        for stmt in stmts:
+            if isinstance(stmt, cst.Assign) and isinstance(stmt.value, cst.SimpleString):
+                value = stmt.value.evaluated_value
+                if not isinstance(value, str) or value.split(":")[0] not in _FALLBACK_DEVICES:
+                    return False
+                assigned = True
+            elif not (isinstance(stmt, cst.Expr) and isinstance(stmt.value, cst.Call)
+                      and self.informational_call(stmt.value)):
+                return False
+        orelse = branch.orelse
+        return assigned and (orelse is None or self.blocker(orelse) is None)
+
+    def informational_call(self, call: cst.Call) -> bool:
+        """print(...) / a logger's info/warning/...: only writes a message."""
+        func = call.func
+        if isinstance(func, cst.Name):
+            return func.value == "print"
+        return isinstance(func, cst.Attribute) and func.attr.value in _LOGGING
 
     def informational(self, node: cst.CSTNode) -> bool:
         """Whether `node` only ends up in a message: print(...), logger.info(...), an f-string."""
