@@ -45,7 +45,7 @@ ACTIONS = ("rewrite", "keep", "decision")
 PREFILTER = re.compile(
     r"cuda|flash_attn|flash_attention|compile|CUDAGraph|triton|apex|xformers|deepspeed|grouped_gemm|nccl|autocast"
     r"|cpp_extension|transformer_engine|vllm"
-    r"|stft|fft|view_as_complex|polar|torch\.complex|\d[jJ]\b"
+    r"|stft|fft|view_as_complex|polar|torch\.complex|\d[jJ]\b|CUDAExecutionProvider|TensorrtExecutionProvider"
 )
 CUDA_ONLY_MODULES = ("flash_attn", "triton", "apex", "xformers", "deepspeed", "grouped_gemm", "nccl", "cupy",
                      "pynvml", "bitsandbytes", "vllm", "mamba_ssm", "causal_conv1d", "transformer_engine")
@@ -732,6 +732,10 @@ class _Analysis:
                 self.add(n, "cuda_api", "keep", "cuda-api",
                          f"`.{n.attr}` of CUDA device properties: torch_npu has no usable value; never sent to torch.npu",
                          kind="property", anchor=n.value)
+        elif isinstance(n, ast.Constant) and n.value in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+            self.add(n, "other", "decision", "",
+                     f"ONNX Runtime's {n.value}: an npu host needs CANNExecutionProvider (onnxruntime-cann); "
+                     "no transform handles it", kind="onnx-provider")
         elif isinstance(n, ast.Constant) and isinstance(n.value, complex) and isinstance(
                 self.parent.get(n), ast.BinOp) and "torch" in self.names.aliases.values():
             self._complex(n, f"the complex literal {n.value!r}")

@@ -569,3 +569,12 @@ def test_flash_attention_class_is_left_alone_by_autocast_device():
     assert out.text.count('torch.get_autocast_dtype("npu")') == 1
     assert {f.line for f in out.findings} == {6, 7}
     assert all("behind the gate at line 4" in f.reason for f in out.findings)
+
+
+def test_onnx_runtime_cuda_provider_is_a_decision():
+    # coqui-tts 0.28.0 Vits.load_onnx: npu needs onnxruntime-cann's CANNExecutionProvider
+    text = ('def load_onnx(cuda=False):\n    providers = [\n        (\n            "CPUExecutionProvider"\n'
+            '            if cuda is False\n            else ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "DEFAULT"})\n'
+            '        )\n    ]\n')
+    assert [(s.line, s.category, s.action) for s in scan_source(text)] == [(6, "other", "decision")]
+    assert "CANNExecutionProvider" in scan_source(text)[0].reason
