@@ -919,6 +919,12 @@ class _Analysis:
                  f"{what} makes or reads a complex tensor: check that npu supports complex64 for it, or run it "
                  "on CPU (no transform decides this)", kind="complex")
 
+    def _describes_cuda_build(self, node: ast.AST) -> bool:
+        """The statement holding `node` also reads torch.version.cuda: it reports on CUDA itself."""
+        stmt = next((a for a in self.ancestors(node) if isinstance(a, ast.stmt)), None)
+        return stmt is not None and any(isinstance(n, ast.Attribute) and self.names.qualify(n) == "torch.version.cuda"
+                                        for n in ast.walk(stmt))
+
     def _cuda_call(self, node: ast.Call, q: str) -> None:
         name = q.split(".")[-1]
         rest = q[len("torch.cuda."):] if q.startswith("torch.cuda.") else q
@@ -948,6 +954,11 @@ class _Analysis:
                 or self._bound_and_read_for_capability(node)):
             self.add(node, "cuda_api", "keep", "cuda-api",
                      "CUDA compute capability: torch_npu has no usable value; never sent to torch.npu", kind="call")
+        elif _has_npu_counterpart(rest) and self._describes_cuda_build(node):
+            self.add(node, "cuda_api", "keep", "cuda-api",
+                     f"torch.cuda.{rest} describes the CUDA build next to torch.version.cuda (an environment "
+                     "report's CUDA section): it must name CUDA's devices; npu's belong in a section of their own",
+                     kind="report")
         elif _has_npu_counterpart(rest):
             self.add(node, "cuda_api", "rewrite", "cuda-api",
                      f"torch.cuda.{rest}: torch.npu.{rest} on an npu host", kind="call")

@@ -578,3 +578,53 @@ def test_onnx_runtime_cuda_provider_is_a_decision():
             '        )\n    ]\n')
     assert [(s.line, s.category, s.action) for s in scan_source(text)] == [(6, "other", "decision")]
     assert "CANNExecutionProvider" in scan_source(text)[0].reason
+
+
+def test_positional_cuda_for_a_device_parameter_of_this_module():
+    # coqui-tts 0.28.0 bark/hubert/tokenizer.py: HubertTokenizer.load_from_checkpoint(path, "cuda")
+    text = textwrap.dedent('''\
+        import torch
+
+
+        class Tokenizer:
+            @staticmethod
+            def load_from_checkpoint(path, map_location=None):
+                return torch.load(path, map_location=map_location)
+
+            def place(self, x, device):
+                return x.to(device)
+
+
+        def train(path, x, tok):
+            model = Tokenizer.load_from_checkpoint(path, "cuda")
+            tok.place(x, "cuda")
+            log(path, "cuda")
+    ''')
+    out = run("hardcoded-device", text)
+    assert 'load_from_checkpoint(path, "npu" if _porter_npu_available() else "cuda")' in out.text
+    assert 'tok.place(x, "npu" if _porter_npu_available() else "cuda")' in out.text  # self is not positional
+    assert 'log(path, "cuda")' in out.text  # no parameter says device: left, reported
+    assert any("does not recognise" in f.reason for f in out.findings)
+
+
+def test_an_environment_report_of_cuda_keeps_naming_cuda():
+    # coqui-tts 0.28.0 bin/collect_env_info.py: the CUDA section must not list npu devices as CUDA ones
+    text = textwrap.dedent('''\
+        import torch
+
+
+        def cuda_info():
+            return {
+                "GPU": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+                "available": torch.cuda.is_available(),
+                "version": torch.version.cuda,
+            }
+
+
+        def name():
+            return torch.cuda.get_device_name(0)
+    ''')
+    out = run("cuda-api", text)
+    assert "[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]" in out.text
+    assert "return _porter_cuda_or_npu().get_device_name(0)" in out.text  # a plain query follows the device
+    assert any(f.line == 6 and "torch.version.cuda" in f.reason for f in out.findings)

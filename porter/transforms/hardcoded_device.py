@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 
 import libcst as cst
@@ -50,6 +51,7 @@ class _Rewrite(Rewriter):
         self.choices: dict[int, str] = {}  # id(original IfExp) -> why (device choice on is_available)
         self.reported: set[int] = set()
         self.functions: list[str] = []
+        self._defs: dict[str, list[str] | None] | None = None  # this module's functions -> positional params
 
     # -- what is a device position ----------------------------------------------------------------
     def _device_choice(self, node: cst.CSTNode) -> bool:
@@ -145,6 +147,10 @@ class _Rewrite(Rewriter):
         for qualified, index in _POSITIONAL.items():
             if qualified in names and len(positional) > index:
                 self._mark(positional[index].value, f"device argument of {qualified}")
+        params = self._local_params(func)
+        for i, arg in enumerate(positional):
+            if i < len(params) and self.names.match(params[i]):
+                self._mark(arg.value, f"`{params[i]}` argument of `{self.code(func).strip()}` (defined in this module)")
         if "torch.device" in names:
             for arg in node.args:
                 if arg.keyword is not None and arg.keyword.value == "type":
@@ -168,6 +174,28 @@ class _Rewrite(Rewriter):
                               "command-line choices offer CUDA but not npu; extend them if users should pick npu")
                     self._claim_all(arg.value)
         return True
+
+    def _local_params(self, func: cst.BaseExpression) -> list[str]:
+        """Positional parameter names of the function or method `func` calls, when this module defines
+        exactly one function of that name (`Tokenizer.load_from_checkpoint(path, "cuda")` with
+        `def load_from_checkpoint(path, map_location=None)`); [] otherwise."""
+        name = func.attr.value if isinstance(func, cst.Attribute) else getattr(func, "value", None)
+        if not isinstance(name, str) or self.source is None:
+            return []
+        if self._defs is None:
+            self._defs = {}
+            try:
+                tree = ast.parse(self.source)
+            except (SyntaxError, ValueError, RecursionError):
+                tree = None
+            for f in ast.walk(tree) if tree is not None else ():
+                if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    args = [a.arg for a in f.args.posonlyargs + f.args.args]
+                    self._defs[f.name] = None if f.name in self._defs else args  # two defs: ambiguous
+        params = self._defs.get(name) or []
+        if isinstance(func, cst.Attribute) and params[:1] in (["self"], ["cls"]):
+            params = params[1:]
+        return params
 
     def _cli_option(self, node: cst.Call) -> bool:
         func = node.func
