@@ -51,6 +51,7 @@ CUDA_ONLY_MODULES = ("flash_attn", "triton", "apex", "xformers", "deepspeed", "g
                      "pynvml", "bitsandbytes", "vllm", "mamba_ssm", "causal_conv1d", "transformer_engine")
 _KERNEL_MODULES = ("triton", "apex", "xformers", "vllm", "mamba_ssm", "causal_conv1d", "transformer_engine",
                    "flash_attn", "grouped_gemm", "torch.utils.cpp_extension", "cupy")
+_CUDA_CPU_ONLY_LIBS = ("faster_whisper", "ctranslate2")  # take device="cuda"/"cpu" strings, no npu
 _NO_NPU_BUILD = ("flash_attn", "xformers", "exllamav2")  # CUDA kernels only: never import on an npu host
 _FLASH_MODULES = ("flash_attn", "xformers", "transformer_engine", "vllm")
 _CUDA = re.compile(r"^cuda(:\d+)?$")
@@ -711,8 +712,14 @@ class _Analysis:
             names = [ast.unparse(t) for t in n.targets]
             if any("device" in x.lower() for x in names) and not _porter_test(n.value) and any(
                     _is_cuda_literal(x) for x in ast.walk(n.value)):
-                self.add(n, "hardcoded_device", "rewrite", "hardcoded-device",
-                         "a CUDA device stored in a device name: becomes a run-time choice", kind="assign")
+                consumer = self._foreign_consumer(n)
+                if consumer:
+                    self.add(n, "hardcoded_device", "keep", "hardcoded-device",
+                             f"the device goes to {consumer}, which knows only cuda/cpu devices (no npu): "
+                             "leave it; on npu that library keeps running on cpu", kind="foreign")
+                else:
+                    self.add(n, "hardcoded_device", "rewrite", "hardcoded-device",
+                             "a CUDA device stored in a device name: becomes a run-time choice", kind="assign")
             if any(_ATTN_KEY.search(_key_name(t)) for t in n.targets):
                 self._flash_request(n.value, names[0])
         elif isinstance(n, ast.AnnAssign):
@@ -919,6 +926,21 @@ class _Analysis:
                  f"{what} makes or reads a complex tensor: check that npu supports complex64 for it, or run it "
                  "on CPU (no transform decides this)", kind="complex")
 
+    def _foreign_consumer(self, assign: ast.Assign) -> str | None:
+        """The call outside torch that receives the assigned device in the same function, when it comes
+        from a library that knows no npu device (faster-whisper / CTranslate2), else None."""
+        names = {x for t in assign.targets if (x := _dotted(t))}
+        scope = next((a for a in self.ancestors(assign) if isinstance(a, (ast.FunctionDef, ast.AsyncFunctionDef))),
+                     self.tree)
+        for n in ast.walk(scope):
+            if not (isinstance(n, ast.Call) and any(_dotted(a) in names for a in
+                                                     [*n.args, *(k.value for k in n.keywords)])):
+                continue
+            q = self.names.qualify(n.func) or ""
+            if q.split(".")[0] in _CUDA_CPU_ONLY_LIBS:
+                return q
+        return None
+
     def _describes_cuda_build(self, node: ast.AST) -> bool:
         """The statement holding `node` also reads torch.version.cuda: it reports on CUDA itself."""
         stmt = next((a for a in self.ancestors(node) if isinstance(a, ast.stmt)), None)
@@ -1054,6 +1076,12 @@ def no_npu_build_gate(path: str, text: str, line: int) -> int | None:
     lines = text.splitlines()
     code = lines[gate - 1] if 0 < gate <= len(lines) else ""
     return gate if re.match(r"\s*(from|import)\s+(%s)\b" % "|".join(_NO_NPU_BUILD), code) else None
+
+
+def foreign_device(path: str, text: str, line: int) -> Site | None:
+    """The kept site of a device assignment on `line` whose device goes to a library that knows no npu."""
+    sites, _, _ = _result(path, text)
+    return next((s for s in sites if s.kind == "foreign" and s.line <= line <= s.end_line), None)
 
 
 def has_cuda_only_paths(path: str, text: str) -> bool:

@@ -628,3 +628,27 @@ def test_an_environment_report_of_cuda_keeps_naming_cuda():
     assert "[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]" in out.text
     assert "return _porter_cuda_or_npu().get_device_name(0)" in out.text  # a plain query follows the device
     assert any(f.line == 6 and "torch.version.cuda" in f.reason for f in out.findings)
+
+
+def test_a_device_for_a_library_without_npu_is_left_alone():
+    # coqui-tts 0.28.0 demos/xtts_ft_demo/utils/formatter.py: faster-whisper (CTranslate2) knows cuda/cpu
+    text = textwrap.dedent('''\
+        import torch
+        from faster_whisper import WhisperModel
+
+
+        def transcribe(path):
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            asr_model = WhisperModel("large-v2", device=device, compute_type="float16")
+            return asr_model.transcribe(path)
+
+
+        def embed(path):
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            return torch.load(path, map_location=device)
+    ''')
+    out = run("hardcoded-device", text)
+    lines = out.text.splitlines()
+    assert '    device = "cuda" if torch.cuda.is_available() else "cpu"' in lines  # for faster-whisper
+    assert out.text.count('"npu" if _porter_npu_available() else') == 1  # torch.load's device follows npu
+    assert any(f.line == 6 and "faster_whisper.WhisperModel" in f.reason for f in out.findings)

@@ -8,7 +8,7 @@ import re
 import libcst as cst
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from porter.analysis import cuda_only_gate, has_cuda_only_paths
+from porter.analysis import cuda_only_gate, foreign_device, has_cuda_only_paths
 from porter.transforms._base import Example, PythonTransform, Rewriter, Safety, walk
 from porter.transforms._npu_runtime import (
     CUDA_OR_NPU,
@@ -220,7 +220,7 @@ class _Rewrite(Rewriter):
                 self.find(original, "hardcoded-device",
                           "CUDA device string in a place porter does not recognise as a device; left as is")
             return updated
-        if self._cuda_only(original):
+        if self._cuda_only(original) or self._foreign(original):
             return updated
         need_npu_available(self)
         parent = self.parent(original)
@@ -234,7 +234,7 @@ class _Rewrite(Rewriter):
         return self._literal(original_node, updated_node)
 
     def leave_IfExp(self, original_node: cst.IfExp, updated_node: cst.IfExp):
-        if id(original_node) not in self.choices:
+        if id(original_node) not in self.choices or self._foreign(original_node):
             return updated_node
         need_npu_available(self)
         parent = self.parent(original_node)
@@ -278,6 +278,15 @@ class _Rewrite(Rewriter):
         if gate is not None:
             self.find(node, "hardcoded-device", R_CUDA_ONLY.format(line=gate))
         return gate is not None
+
+    def _foreign(self, node: cst.CSTNode) -> bool:
+        """The device goes to a library that knows no npu (the analysis's verdict): reported, left alone."""
+        if self.source is None or "faster_whisper" not in self.source and "ctranslate2" not in self.source:
+            return False
+        site = foreign_device(self.ctx.path, self.source, self.line_of(node)[0])
+        if site is not None:
+            self.find(node, "hardcoded-device", site.reason)
+        return site is not None
 
     def _owned_elsewhere(self, node: cst.CSTNode) -> bool:
         """Literals other transforms handle: comparisons (widen-device-check), autocast device types."""
