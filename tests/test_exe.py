@@ -185,7 +185,9 @@ def test_a_transform_failing_on_a_file_is_1(work: Path):
     proc = porter("apply", str(recipe), "--out", str(work / "out"), "--no-smoke")
     assert proc.returncode == 1, proc.stderr
     assert "config.json" in proc.stderr and "config-edit" in proc.stderr
-    assert not (work / "out").exists()
+    # nothing is installed; what the run found is beside the target for the user to read
+    assert [p.name for p in (work / "out").iterdir()] == ["tinytts.rejected"]
+    assert "config.json" in (work / "out/tinytts.rejected/report.md").read_text()
 
 
 def test_npu_kernels_check_is_0_then_1_when_stale(tmp_path: Path):
