@@ -84,14 +84,14 @@ def main() -> None:
           " source cache warm; `porter init` then `porter apply --no-smoke`")
     print("sites: the site analysis (rewrite / keep / decision); changes: what the applied draft changed;"
           " listed: decisions the draft lists as comments; excludes: CUDA-only parts it proposes")
-    print(f"{'package':<34} " + " ".join(f"{h:>{w}}" for h, w, _f, _k in COLUMNS))
+    print(f"{'package':<38} " + " ".join(f"{h:>{w}}" for h, w, _f, _k in COLUMNS))
     for source in sources:
         r = run(source)
         label = source.replace(str(ROOT) + "/", "")
         if "error" in r:
-            print(f"{label:<34} FAILED: {r['error']}")
+            print(f"{label:<38} FAILED: {r['error']}")
             continue
-        print(f"{label:<34} " + " ".join(f"{r[k]:>{w}{f}}" for _h, w, f, k in COLUMNS), flush=True)
+        print(f"{label:<38} " + " ".join(f"{r[k]:>{w}{f}}" for _h, w, f, k in COLUMNS), flush=True)
 
 
 if __name__ == "__main__":
