@@ -61,8 +61,8 @@ def run(source: str) -> dict:
                 "sites": sites["sites"], "rewrite": sites["rewrite"], "keep": sites["keep"],
                 "decision": sites["decision"],
                 "changes": sum(1 for c in report["changes"] if c.get("kind", "rewrite") == "rewrite"),
-                "listed": sum(map(int, re.findall(r"# (?:Decisions this step reports|Left for a decision, no step"
-                                                  r" rewrites them) \((\d+)", text))),
+                "listed": sum(map(int, re.findall(r"# (?:Decisions and kept gates this step reports|Left for a"
+                                                  r" decision, no step rewrites them) \((\d+)", text))),
                 "excludes": len(recipe["steps"][0].get("exclude") or []) if recipe["steps"] else 0}
 
 
@@ -83,7 +83,7 @@ def main() -> None:
     print(f"device: cpu ({platform.machine()}, {os.cpu_count()} shared cores, no accelerator), load {load:.1f};"
           " source cache warm; `porter init` then `porter apply --no-smoke`")
     print("sites: the site analysis (rewrite / keep / decision); changes: what the applied draft changed;"
-          " listed: decisions the draft lists as comments; excludes: CUDA-only parts it proposes")
+          " listed: decisions and kept gates the draft lists as comments; excludes: CUDA-only parts it proposes")
     print(f"{'package':<38} " + " ".join(f"{h:>{w}}" for h, w, _f, _k in COLUMNS))
     for source in sources:
         r = run(source)

@@ -194,23 +194,36 @@ def resolve_source(text: str) -> tuple[Any, Path]:
     return parse_spec(text), Path.cwd()
 
 
+def fetch_sources(sources: tuple[Any, ...], base: Path, command: str) -> Any:
+    """fetch_tree for `scan` and `init`, which have no --source option: where the fetch error
+    suggests one, the fix is to give the local copy as SOURCE."""
+    from porter.errors import UsageError
+    from porter.source import fetch_tree
+
+    try:
+        return fetch_tree(sources, base, {})
+    except UsageError as exc:
+        if "--source" not in str(exc):
+            raise
+        raise UsageError(f"{exc}\n  (`porter {command}` takes that directory as SOURCE: `porter {command} DIR ...`)"
+                         ) from None
+
+
 def is_recipe(text: str) -> bool:
     return text.endswith((".yaml", ".yml")) and Path(text).is_file()
 
 
 def scan(source: str) -> ScanResult:
     """Fetch SOURCE (cached) and analyse every Python file in it."""
-    from porter.source import fetch_tree
-
     if is_recipe(source):
         from porter.recipe import load_recipe
 
         loaded = load_recipe(source)
-        tree = fetch_tree(loaded.recipe.sources, loaded.path.parent, {})
+        tree = fetch_sources(loaded.recipe.sources, loaded.path.parent, "scan")
         label = f"{source} ({', '.join(s.label for s in loaded.recipe.sources)})"
     else:
         spec, base = resolve_source(source)
-        tree = fetch_tree((spec,), base, {})
+        tree = fetch_sources((spec,), base, "scan")
         label = source
     res = analyse_files(tree.files, label)
     res.skipped[:0] = tree.skipped

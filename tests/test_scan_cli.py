@@ -283,3 +283,19 @@ def test_sarif_column_is_the_site_anchor():
     assert log["runs"][0]["columnKind"] == "unicodeCodePoints"
     assert line[loc["region"]["startColumn"] - 1:].startswith(("x.device", '"cuda"')), line
     assert loc["contextRegion"]["snippet"]["text"] == line.strip()
+
+
+@pytest.mark.parametrize("command", ["scan", "init"])
+@pytest.mark.parametrize("source", ["ms:OpenBMB/TinyTTS@v1.0", "hub:openbmb/TinyTTS@main"])
+def test_unreachable_host_says_to_give_the_local_copy_as_source(tmp_path: Path, command: str, source: str):
+    """Neither ModelScope nor the hub is reachable here (an Ascend host often reaches neither): a
+    clear exit 2 that says what to do, for commands that take the directory itself as SOURCE."""
+    import os
+
+    env = dict(os.environ, HF_ENDPOINT="http://127.0.0.1:9", MODELSCOPE_DOMAIN="127.0.0.1:9",
+               PORTER_CACHE=str(tmp_path / "cache"), HF_HUB_DISABLE_TELEMETRY="1", NO_PROXY="*", no_proxy="*")
+    args = [command, source] + (["--name", "tiny"] if command == "init" else [])
+    proc = subprocess.run([PORTER, *args], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert f"`porter {command}` takes that directory as SOURCE" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "recipes").exists()
