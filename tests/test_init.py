@@ -193,7 +193,7 @@ def test_init_ports_the_corpus_as_well_as_the_generic_steps(tmp_path: Path, pack
         root = cs.fetch(audit)
     except cs.Unreachable as exc:
         pytest.skip(str(exc))
-    name = package.replace("-", "_")
+    name = package.lower().replace("-", "_")
     report = init_validate_apply(str(root), name, tmp_path)
     mine = cs.grade(audit, root, tmp_path / "patched_models" / name, report)
     (tmp_path / "by_hand").mkdir()
