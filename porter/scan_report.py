@@ -17,6 +17,7 @@ import textwrap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
+from urllib.parse import quote
 
 from porter import __version__
 from porter.analysis import Site, analyse_source
@@ -77,6 +78,9 @@ class ScanResult:
     cuda_only: list[CudaOnly] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     single_top: str | None = None  # the one top-level package all code lives in, if any
+    # file -> its path from the current directory, for files of a local directory source that lie
+    # inside it (a checkout's own files: GitHub code scanning places results by repository path)
+    here: dict[str, str] = field(default_factory=dict)
 
     def count(self, action: str) -> int:
         return sum(1 for s in self.sites if s.action == action)
@@ -219,15 +223,33 @@ def scan(source: str) -> ScanResult:
         from porter.recipe import load_recipe
 
         loaded = load_recipe(source)
-        tree = fetch_sources(loaded.recipe.sources, loaded.path.parent, "scan")
-        label = f"{source} ({', '.join(s.label for s in loaded.recipe.sources)})"
+        sources, base = tuple(loaded.recipe.sources), loaded.path.parent
+        label = f"{source} ({', '.join(s.label for s in sources)})"
     else:
         spec, base = resolve_source(source)
-        tree = fetch_sources((spec,), base, "scan")
-        label = source
+        sources, label = (spec,), source
+    tree = fetch_sources(sources, base, "scan")
     res = analyse_files(tree.files, label)
     res.skipped[:0] = tree.skipped
+    res.here = _here(tree.files, [Path(base, s.path) for s in sources if s.kind == "path"])
     return res
+
+
+def _here(files: dict[str, Path], local: list[Path]) -> dict[str, str]:
+    """Paths from the current directory of the Python files of local directory sources inside it."""
+    cwd = Path.cwd().resolve()
+    roots = [r.resolve() for r in local]
+    out = {}
+    for rel, path in files.items():
+        if not rel.endswith(".py"):
+            continue
+        try:
+            real = path.resolve()
+            if any(real.is_relative_to(r) for r in roots):
+                out[rel] = real.relative_to(cwd).as_posix()
+        except (ValueError, OSError):
+            continue
+    return out
 
 
 # -- rendering --------------------------------------------------------------------------------
@@ -309,7 +331,9 @@ def _rule_help(category: str, sites: list[Site]) -> tuple[str, str]:
 
 def to_sarif(res: ScanResult) -> dict[str, Any]:
     """SARIF 2.1.0: one result per site, ruleId = category, a physical location (the site's lines; the
-    column of its anchor where the anchor is on the first line), a message naming action and owner."""
+    column of its anchor where the anchor is on the first line), a message naming action and owner.
+    A file inside the current directory is named by its path from there (run from a checkout's root,
+    GitHub shows the result on that file); any other by its path in the source."""
     order = list(CATEGORIES)
     used = sorted({s.category for s in res.sites}, key=lambda c: (order.index(c) if c in order else len(order), c))
     rules = []
@@ -335,7 +359,7 @@ def to_sarif(res: ScanResult) -> dict[str, Any]:
             "level": LEVEL.get(s.action, "note"),
             "message": {"text": f"{s.action} ({owner}): {s.reason}"},
             "locations": [{"physicalLocation": {
-                "artifactLocation": {"uri": s.file, "uriBaseId": "SRCROOT"},
+                "artifactLocation": {"uri": quote(res.here.get(s.file, s.file)), "uriBaseId": "SRCROOT"},
                 "region": lines | ({"startColumn": s.col + 1} if s.anchor_line == s.line else {}),
                 "contextRegion": context,  # the whole lines (the snippet where it is one line)
             }}],

@@ -123,7 +123,7 @@ def validate_sarif(log: dict) -> list[str]:
 
 
 def test_sarif_is_a_valid_2_1_0_log_with_one_result_per_site():
-    proc = porter("scan", str(TINYLM), "--format", "sarif")
+    proc = porter("scan", str(TINYLM), "--format", "sarif", cwd=TINYLM)
     assert proc.returncode == 0, proc.stderr
     log = json.loads(proc.stdout)
     ids = validate_sarif(log)
@@ -161,7 +161,8 @@ def test_the_validator_catches_a_broken_log():
 
 
 def test_scan_a_recipe_and_write_to_a_file(tmp_path: Path):
-    proc = porter("scan", str(FIXTURES / "tinytts.yaml"), "--format", "sarif", "-o", str(tmp_path / "s.sarif"))
+    proc = porter("scan", str(FIXTURES / "tinytts.yaml"), "--format", "sarif", "-o", str(tmp_path / "s.sarif"),
+                  cwd=FIXTURES / "tinytts")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""
     log = json.loads((tmp_path / "s.sarif").read_text())
@@ -276,7 +277,7 @@ def test_every_category_of_the_analysis_is_described():
 
 
 def test_sarif_column_is_the_site_anchor():
-    log = json.loads(porter("scan", str(TINYLM), "--format", "sarif").stdout)
+    log = json.loads(porter("scan", str(TINYLM), "--format", "sarif", cwd=TINYLM).stdout)
     result = next(r for r in log["runs"][0]["results"] if r["ruleId"] == "device_check")
     loc = result["locations"][0]["physicalLocation"]
     line = (TINYLM / loc["artifactLocation"]["uri"]).read_text().splitlines()[loc["region"]["startLine"] - 1]
@@ -299,3 +300,25 @@ def test_unreachable_host_says_to_give_the_local_copy_as_source(tmp_path: Path, 
     assert proc.returncode == 2, proc.stderr
     assert f"`porter {command}` takes that directory as SOURCE" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "recipes").exists()
+
+
+def test_sarif_names_a_checkouts_own_files_by_their_path_in_it(tmp_path: Path):
+    """GitHub code scanning places a result by its path in the repository: a local source inside the
+    directory porter runs in (a checkout's root in CI) is named from there; from elsewhere, by its
+    path in the source."""
+    import shutil
+
+    shutil.copytree(TINYLM, tmp_path / "repo/vendor/tinylm")
+    (tmp_path / "repo/recipes").mkdir()
+    (tmp_path / "repo/recipes/t.yaml").write_text(
+        "porter: 1\nname: t\nsource: {path: ../vendor/tinylm}\nsteps: []\n")
+    for source in ("vendor/tinylm", "recipes/t.yaml"):
+        log = json.loads(porter("scan", source, "--format", "sarif", cwd=tmp_path / "repo").stdout)
+        uris = {r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for r in log["runs"][0]["results"]}
+        assert "vendor/tinylm/tinylm/modeling_tinylm.py" in uris
+        assert all((tmp_path / "repo" / u).is_file() for u in uris), uris
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    log = json.loads(porter("scan", str(tmp_path / "repo/vendor/tinylm"), "--format", "sarif", cwd=outside).stdout)
+    assert "tinylm/modeling_tinylm.py" in {
+        r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for r in log["runs"][0]["results"]}
