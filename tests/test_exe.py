@@ -146,12 +146,25 @@ def test_remap_success_is_0(tmp_path: Path):
 
 
 # -- 1: the port has a problem --------------------------------------------------------------------
-def test_drift_is_1_for_apply_and_diff(work: Path):
+def test_expect_mismatch_is_1_for_apply_and_diff(work: Path):
     recipe = work / "tinytts.yaml"
     recipe.write_text(recipe.read_text().replace("expect: 3", "expect: 4"))
     proc = porter("apply", str(recipe), "--out", str(work / "out"), "--no-smoke")
-    assert proc.returncode == 1 and "upstream drift" in proc.stderr
+    assert proc.returncode == 1 and "expect mismatch" in proc.stderr, proc.stderr
+    assert not (work / "out/tinytts").exists() and (work / "out/tinytts.rejected/report.md").is_file()
     assert porter("diff", str(recipe)).returncode == 1
+
+
+def test_upstream_drift_is_1_and_keeps_the_clean_port(work: Path):
+    recipe, out = str(work / "tinytts.yaml"), str(work / "out")
+    assert porter("apply", recipe, "--out", out, "--no-smoke").returncode == 0
+    before = (work / "out/tinytts/port.diff").read_bytes()
+    model = work / "tinytts/tinytts/model.py"  # the upstream grows one more device comparison
+    model.write_text(model.read_text() + '\n\ndef pick(device):\n    return 2 if device.type == "cuda" else 1\n')
+    proc = porter("apply", recipe, "--out", out, "--no-smoke")
+    assert proc.returncode == 1 and "upstream drift" in proc.stderr, proc.stderr
+    assert (work / "out/tinytts/port.diff").read_bytes() == before  # the clean port is not replaced
+    assert (work / "out/tinytts.rejected/report.md").is_file()
 
 
 def test_check_stale_is_1(work: Path):
@@ -172,7 +185,9 @@ def test_a_transform_failing_on_a_file_is_1(work: Path):
     proc = porter("apply", str(recipe), "--out", str(work / "out"), "--no-smoke")
     assert proc.returncode == 1, proc.stderr
     assert "config.json" in proc.stderr and "config-edit" in proc.stderr
-    assert not (work / "out").exists()
+    # nothing is installed; what the run found is beside the target for the user to read
+    assert [p.name for p in (work / "out").iterdir()] == ["tinytts.rejected"]
+    assert "config.json" in (work / "out/tinytts.rejected/report.md").read_text()
 
 
 def test_npu_kernels_check_is_0_then_1_when_stale(tmp_path: Path):

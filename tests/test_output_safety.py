@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from test_apply import smoke_recipe  # the tinytts recipe with its smoke section
+
 FIXTURES = Path(__file__).parent / "fixtures"
 PORTER = str(Path(sys.executable).with_name("porter"))
 
@@ -234,21 +236,10 @@ def test_kill_between_the_two_renames_is_recovered_by_the_next_run(work: Path):
     assert [p.name for p in out.iterdir()] == ["tinytts"]
 
 
-SMOKE = """
-smoke:
-  script: tinytts_smoke.py
-  seed: 0
-  run: [forward, generate]
-  thresholds: {mean_rel_diff_max: 0.01, cosine_min: 0.9999}
-  audio: {sample_rate: 24000, duration_min_s: 0.1, duration_max_s: 1.0}
-"""
-
-
 def test_concurrent_applies_of_one_recipe_all_succeed(work: Path):
     """Three applies with smoke, started 1.5 s apart: each smoke runs inside the package, so without
     the lock a later writer swaps the package away under an earlier one's smoke run (exit 1 or 3)."""
-    shutil.copy(FIXTURES / "tinytts_smoke.py", work / "tinytts_smoke.py")
-    (work / "tinytts.yaml").write_text((work / "tinytts.yaml").read_text() + SMOKE)
+    smoke_recipe(work)
     out = work / "out"
     env = {**os.environ, "PORTER_CACHE": str(work / "cache")}
     cmd = [PORTER, "apply", str(work / "tinytts.yaml"), "--device", "cpu", "--out", str(out)]

@@ -170,19 +170,26 @@ def test_workflow_checks_every_recipe_and_uploads_sarif():
     assert wf["permissions"]["security-events"] == "write"
     assert "porter apply --check" in _workflow_step("patched packages match their recipes")["run"]
     scan = _workflow_step("CUDA-specific code left, as SARIF")["run"]
-    assert 'porter scan "$recipe" --format sarif -o "sarif/' in scan
+    assert 'porter scan "$port" --format sarif -o "sarif/' in scan
 
 
-def test_workflow_scan_step_writes_sarif_for_a_recipe(tmp_path):
-    if run([PORTER, "scan", "--help"], tmp_path).returncode != 0:
-        pytest.skip("`porter scan` is not in this build (it comes with the scan issue's branch)")
+def test_workflow_scan_step_annotates_the_committed_port_by_repository_path(tmp_path):
+    """The scan step over a repository holding a recipe and its port: one SARIF file per port, each
+    result named by a path that exists in the repository (what GitHub needs to place it)."""
     (tmp_path / "recipes").mkdir()
     shutil.copytree(FIXTURES / "tinytts", tmp_path / "tinytts")
     text = (FIXTURES / "tinytts.yaml").read_text().replace("path: tinytts", "path: ../tinytts")
     (tmp_path / "recipes" / "tinytts.yaml").write_text(text)
+    model = tmp_path / "tinytts/tinytts/model.py"  # a site no step of the recipe handles
+    model.write_text(model.read_text() + "\n\ndef sync():\n    torch.cuda.synchronize()\n")
+    assert run([PORTER, "apply", "recipes/tinytts.yaml", "--no-smoke"], tmp_path).returncode == 0
     proc = run(["bash", "-e", "-c", _workflow_step("CUDA-specific code left, as SARIF")["run"]], tmp_path)
     assert proc.returncode == 0, proc.stderr
     import json
 
     sarif = json.loads((tmp_path / "sarif" / "tinytts.sarif").read_text())
-    assert sarif["version"] == "2.1.0" and sarif["runs"][0]["results"]
+    results = sarif["runs"][0]["results"]
+    assert sarif["version"] == "2.1.0" and results
+    uris = {r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for r in results}
+    assert "patched_models/tinytts/tinytts/model.py" in uris
+    assert all((tmp_path / uri).is_file() for uri in uris), uris

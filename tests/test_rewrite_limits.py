@@ -89,7 +89,8 @@ def test_a_worker_that_dies_is_reported_and_the_other_files_are_rewritten(work: 
     assert "Traceback" not in proc.stderr
     assert "tinytts/m3.py: the rewriter process died on this file (killed by signal 11" in proc.stderr
     assert proc.stderr.count("died") == 1  # the others were rewritten by a fresh worker
-    assert not (work / "out").exists()  # a failed file means nothing is written (exit 1)
+    # a failed file means the package is not written (exit 1); the refused run's report is beside it
+    assert [p.name for p in (work / "out").iterdir()] == ["tinytts.rejected"]
 
 
 def test_a_file_past_the_time_limit_is_reported(work: Path):

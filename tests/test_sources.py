@@ -16,14 +16,19 @@ def git(*args: str, cwd: Path) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def test_git_source_pinned_to_a_commit(tmp_path, monkeypatch):
-    monkeypatch.setenv("PORTER_CACHE", str(tmp_path / "cache"))
+def tinytts_repo(tmp_path: Path) -> tuple[Path, str]:
+    """tmp_path/upstream: a git repository of the tinytts fixture, one commit; (its path, the commit)."""
     repo = tmp_path / "upstream"
     shutil.copytree(FIXTURES / "tinytts", repo)
     git("init", "-q", cwd=repo)
     git("-c", "user.email=t@example.invalid", "-c", "user.name=t", "add", ".", cwd=repo)
     git("-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", "v1", cwd=repo)
-    rev = git("rev-parse", "HEAD", cwd=repo)
+    return repo, git("rev-parse", "HEAD", cwd=repo)
+
+
+def test_git_source_pinned_to_a_commit(tmp_path, monkeypatch):
+    monkeypatch.setenv("PORTER_CACHE", str(tmp_path / "cache"))
+    repo, rev = tinytts_repo(tmp_path)
     (repo / "tinytts/model.py").write_text("# a later commit that the recipe does not pin\n")
     git("-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qam", "v2", cwd=repo)
     recipe = tmp_path / "r.yaml"
@@ -213,12 +218,7 @@ def test_hub_snapshot_bookkeeping_is_not_copied(tmp_path):
 
 def test_git_source_beside_the_recipe_and_a_wrong_commit(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PORTER_CACHE", str(tmp_path / "cache"))
-    repo = tmp_path / "upstream"
-    shutil.copytree(FIXTURES / "tinytts", repo)
-    git("init", "-q", cwd=repo)
-    git("-c", "user.email=t@example.invalid", "-c", "user.name=t", "add", ".", cwd=repo)
-    git("-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", "v1", cwd=repo)
-    rev = git("rev-parse", "HEAD", cwd=repo)
+    repo, rev = tinytts_repo(tmp_path)
     (tmp_path / "r.yaml").write_text(f"porter: 1\nname: g\nsource: {{git: ./upstream, rev: {rev}}}\nsteps: []\n")
     assert main(["apply", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--no-smoke"]) == 0
     assert (tmp_path / "out/g/tinytts/model.py").is_file()
