@@ -45,11 +45,14 @@ ACTIONS = ("rewrite", "keep", "decision")
 PREFILTER = re.compile(
     r"cuda|flash_attn|flash_attention|compile|CUDAGraph|triton|apex|xformers|deepspeed|grouped_gemm|nccl|autocast"
     r"|cpp_extension|transformer_engine|vllm"
+    r"|stft|fft|view_as_complex|polar|torch\.complex|\d[jJ]\b|CUDAExecutionProvider|TensorrtExecutionProvider"
 )
 CUDA_ONLY_MODULES = ("flash_attn", "triton", "apex", "xformers", "deepspeed", "grouped_gemm", "nccl", "cupy",
                      "pynvml", "bitsandbytes", "vllm", "mamba_ssm", "causal_conv1d", "transformer_engine")
 _KERNEL_MODULES = ("triton", "apex", "xformers", "vllm", "mamba_ssm", "causal_conv1d", "transformer_engine",
                    "flash_attn", "grouped_gemm", "torch.utils.cpp_extension", "cupy")
+_CUDA_CPU_ONLY_LIBS = ("faster_whisper", "ctranslate2")  # take device="cuda"/"cpu" strings, no npu
+_NO_NPU_BUILD = ("flash_attn", "xformers", "exllamav2")  # CUDA kernels only: never import on an npu host
 _FLASH_MODULES = ("flash_attn", "xformers", "transformer_engine", "vllm")
 _CUDA = re.compile(r"^cuda(:\d+)?$")
 _DEVICE_KWARGS = {"device", "map_location", "device_map", "device_type", "default_device"}
@@ -69,6 +72,11 @@ _KERNEL_TOKENS = {"kernel", "kernels", "ext", "extension", "extensions", "cpp", 
 _FLASH_TOKENS = {"flash", "xformers", "fa2", "fa3", "te", "vllm"}
 _CUDA_ONLY_ATTRS = {"major", "minor"}
 _CUDA_ONLY_CALLS = {"torch.cuda.get_device_capability", "torch.cuda.get_device_properties"}
+# Complex-valued tensors (dtype decisions on npu): calls that return or take one.
+_COMPLEX_CALLS = {"torch.istft", "torch.view_as_complex", "torch.polar", "torch.complex"}
+_FFT_COMPLEX = {"fft", "ifft", "rfft", "irfft", "fft2", "ifft2", "rfft2", "irfft2", "fftn", "ifftn", "rfftn",
+                "irfftn", "hfft", "ihfft"}
+_CUDA_BUILD_ATTRS = {"torch.version.cuda", "torch.version.hip"}  # None on an npu build of torch
 _MESSAGE_COMPILE = re.compile(r"compil|cuda ?graph|cudagraph|graph capture", re.I)
 _MESSAGE_FLASH = re.compile(r"flash", re.I)
 _MESSAGE_CUDA = re.compile(r"\bcuda\b|\bgpu\b|nvidia", re.I)
@@ -223,8 +231,11 @@ class _Analysis:
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name.startswith("_porter_"):
                 mark(n)
             elif isinstance(n, ast.Call):
-                inner = n.func.func if isinstance(n.func, ast.Call) else n.func
-                if isinstance(inner, ast.Name) and inner.id.startswith("_porter_"):
+                if isinstance(n.func, ast.Call) and isinstance(n.func.func, ast.Name) \
+                        and n.func.func.id.startswith("_porter_"):
+                    mark(n.func)  # `_porter_compile_where_supported(torch.compile)(model, backend=...)`:
+                    #               the arguments are upstream's and are analysed as such
+                elif isinstance(n.func, ast.Name) and n.func.id.startswith("_porter_"):
                     mark(n)
             elif isinstance(n, (ast.If, ast.IfExp)) and _porter_test(n.test):
                 for part in (n.orelse if isinstance(n.orelse, list) else [n.orelse]):
@@ -322,6 +333,8 @@ class _Analysis:
             q = self.names.qualify(n) or ""
             if q in COMPILE_APIS:
                 return "compile"
+            if q in _CUDA_BUILD_ATTRS:
+                return "cuda_build"
         elif isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load):
             if n.id in self.cuda_state:
                 return "cuda_state"
@@ -576,7 +589,44 @@ class _Analysis:
         return None
 
     # -- the walk -----------------------------------------------------------------------------------
+    def _cuda_only_regions(self) -> None:
+        """Code only a CUDA host runs, whatever the device checks say:
+
+        * after `import flash_attn` (xformers, exllamav2: no npu build) in a `try` body: the rest of
+          that body runs only where the import succeeded; names it sets to True there are flags;
+        * a class whose `__init__` raises when such a flag is false (`if not _EXL2_AVAILABLE: raise`);
+        * a class named for flash attention that calls flash attention (`...FlashAttention2`): used
+          only with attn_implementation="flash_attention_2", which attention-fallback keeps off npu.
+        """
+        flags: dict[str, int] = {}
+        for n in self.nodes:
+            if not isinstance(n, ast.Try):
+                continue
+            for i, stmt in enumerate(n.body):
+                mods = [a.name for a in stmt.names] if isinstance(stmt, ast.Import) else (
+                    [stmt.module or ""] if isinstance(stmt, ast.ImportFrom) and stmt.level == 0 else [])
+                if any(m.split(".")[0] in _NO_NPU_BUILD for m in mods):
+                    rest = n.body[i + 1:]
+                    self._keep_path(rest, stmt.lineno)
+                    for r in rest:
+                        if isinstance(r, ast.Assign) and isinstance(r.value, ast.Constant) and r.value.value is True:
+                            flags.update({t.id: stmt.lineno for t in r.targets if isinstance(t, ast.Name)})
+                    break
+        for n in self.nodes:
+            if not isinstance(n, ast.ClassDef):
+                continue
+            init = next((b for b in n.body if isinstance(b, ast.FunctionDef) and b.name == "__init__"), None)
+            for b in (init.body if init else []):
+                if isinstance(b, ast.If) and _negated(b.test) and isinstance(b.test.operand, ast.Name) \
+                        and b.test.operand.id in flags and b.body and isinstance(b.body[-1], ast.Raise):
+                    self._keep_path([n], flags[b.test.operand.id])
+                    break
+            else:
+                if flash_hint(n.name) and "flash" in self.effects(n.body):
+                    self._keep_path([n], n.lineno)
+
     def run(self) -> list[Site]:
+        self._cuda_only_regions()
         # Device checks first: their classification decides which paths only CUDA reaches.
         for n in self.nodes:
             if isinstance(n, ast.Compare):
@@ -662,8 +712,14 @@ class _Analysis:
             names = [ast.unparse(t) for t in n.targets]
             if any("device" in x.lower() for x in names) and not _porter_test(n.value) and any(
                     _is_cuda_literal(x) for x in ast.walk(n.value)):
-                self.add(n, "hardcoded_device", "rewrite", "hardcoded-device",
-                         "a CUDA device stored in a device name: becomes a run-time choice", kind="assign")
+                consumer = self._foreign_consumer(n)
+                if consumer:
+                    self.add(n, "hardcoded_device", "keep", "hardcoded-device",
+                             f"the device goes to {consumer}, which knows only cuda/cpu devices (no npu): "
+                             "leave it; on npu that library keeps running on cpu", kind="foreign")
+                else:
+                    self.add(n, "hardcoded_device", "rewrite", "hardcoded-device",
+                             "a CUDA device stored in a device name: becomes a run-time choice", kind="assign")
             if any(_ATTN_KEY.search(_key_name(t)) for t in n.targets):
                 self._flash_request(n.value, names[0])
         elif isinstance(n, ast.AnnAssign):
@@ -683,6 +739,13 @@ class _Analysis:
                 self.add(n, "cuda_api", "keep", "cuda-api",
                          f"`.{n.attr}` of CUDA device properties: torch_npu has no usable value; never sent to torch.npu",
                          kind="property", anchor=n.value)
+        elif isinstance(n, ast.Constant) and n.value in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+            self.add(n, "other", "decision", "",
+                     f"ONNX Runtime's {n.value}: an npu host needs CANNExecutionProvider (onnxruntime-cann); "
+                     "no transform handles it", kind="onnx-provider")
+        elif isinstance(n, ast.Constant) and isinstance(n.value, complex) and isinstance(
+                self.parent.get(n), ast.BinOp) and "torch" in self.names.aliases.values():
+            self._complex(n, f"the complex literal {n.value!r}")
         elif isinstance(n, ast.JoinedStr) and _cuda_fstring(n):
             p = self.parent.get(n)
             if not isinstance(p, (ast.Compare, ast.Expr)) and not isinstance(self.parent.get(p), ast.Compare):
@@ -728,6 +791,10 @@ class _Analysis:
     def _call(self, node: ast.Call) -> None:
         q = self.names.qualify(node.func) or ""
         text = _dotted(node.func) or ""
+        if q in _COMPLEX_CALLS or q.startswith("torch.fft.") and q.rsplit(".", 1)[-1] in _FFT_COMPLEX or (
+                q == "torch.stft" and any(k.arg == "return_complex" and not (
+                    isinstance(k.value, ast.Constant) and k.value.value is False) for k in node.keywords)):
+            self._complex(node, f"{q}()")
         if q.startswith("torch.cuda.") or q.startswith("torch.backends.cuda."):
             self._cuda_call(node, q)
         elif q in ("torch.compile", "torch._dynamo.optimize"):
@@ -776,6 +843,110 @@ class _Analysis:
                      'backend "nccl" is CUDA\'s collective backend (npu uses "hccl"); no transform handles it',
                      kind="call")
 
+    def _predicate(self, node: ast.Call) -> bool:
+        """`torch.cuda.is_available()` / `device_count()` whose context keeps it CUDA-only; adds the site.
+
+        * an argument of a compilation (`torch.compile(backend="inductor" if is_available() else ...)`,
+          `prepare(compile=is_available())`): widening would choose CUDA's compile settings on npu;
+        * paired in an `and`/`or` with a CUDA-only property (`torch.version.cuda`, `.major`, capability):
+          the condition stays false on npu, so widening alone writes an npu branch npu never takes.
+        """
+        expr, siblings = node, []
+        while True:
+            p = self.parent.get(expr)
+            if isinstance(p, ast.BoolOp):
+                siblings.extend(v for v in p.values if v is not expr)
+            elif not (isinstance(p, ast.UnaryOp) and isinstance(p.op, ast.Not)
+                      or isinstance(p, ast.Compare) and p.left is expr):
+                break
+            expr = p
+        for s in siblings:
+            eff = self.effects([s])
+            prop = eff.get("cuda_build") or eff.get("cuda_only")
+            if prop:
+                self.add(node, "cuda_api", "decision", "cuda-api",
+                         "paired with a CUDA-only property (torch.version.cuda/hip, major/minor/capability: "
+                         "no usable value on npu), so the condition stays CUDA-only; widening the check alone "
+                         "would write an npu branch npu never takes: the npu path belongs next to it, a human "
+                         "decides", ast.unparse(expr)[:120], kind="paired")
+                branch = self._branch_of(expr)
+                if branch is not None:
+                    self._keep_path(self._cuda_side(branch, not _negated(expr)), branch.lineno)
+                return True
+            if "compile" in eff:
+                self.add(node, "compile_gate", "keep", "cuda-api",
+                         "decides with the other operand whether compilation runs: stays CUDA-only",
+                         ast.unparse(expr)[:120], kind="gate")
+                return True
+        child = expr
+        for a in self.ancestors(expr):
+            if isinstance(a, ast.stmt):
+                break
+            if isinstance(a, ast.keyword):
+                gate = self._name_gate(a.arg or "")
+                if gate:
+                    self.add(node, gate[0], "keep", "cuda-api",
+                             f"chooses {gate[3]} through {a.arg}=: stays CUDA-only", ast.unparse(a)[:120],
+                             kind="gate")
+                    return True
+            if isinstance(a, ast.Call) and child is not a.func and self._compiles(a):
+                self.add(node, "compile_gate", "keep", "cuda-api",
+                         "chooses a setting of a compilation (backend/mode: inductor, CUDA graphs) that only CUDA "
+                         "runs (compile-bypass keeps it off on npu): stays CUDA-only", ast.unparse(a.func)[:120],
+                         kind="gate")
+                return True
+            child = a
+        return False
+
+    def _early_exit(self, node: ast.Call) -> None:
+        """`if not torch.cuda.is_available() [or ...]: return`: cuda-api leaves a negated guard for a
+        decision, so the code after it is only reachable on CUDA."""
+        p = self.parent.get(node)
+        if not (isinstance(p, ast.UnaryOp) and isinstance(p.op, ast.Not)):
+            return
+        expr = p
+        while isinstance(self.parent.get(expr), ast.BoolOp) and isinstance(self.parent[expr].op, ast.Or):
+            expr = self.parent[expr]
+        branch = self.parent.get(expr)
+        if isinstance(branch, ast.If) and branch.test is expr and branch.body \
+                and isinstance(branch.body[-1], (ast.Return, ast.Raise)):
+            self._keep_path(self._following(branch), branch.lineno)
+
+    def _compiles(self, call: ast.Call) -> bool:
+        """torch.compile(...) and the like, `model.compile(...)`, or a call compile-bypass routed."""
+        func = call.func
+        if isinstance(func, ast.Call) and isinstance(func.func, ast.Name) \
+                and func.func.id.startswith("_porter_compile"):
+            return True
+        return (self.names.qualify(func) or "") in COMPILE_APIS or self._is_method_compile(call)
+
+    def _complex(self, node: ast.AST, what: str) -> None:
+        """A complex-valued tensor (FFT/STFT, `1j`): a dtype question on npu, reported on its line."""
+        self.add(node, "dtype", "decision", "",
+                 f"{what} makes or reads a complex tensor: check that npu supports complex64 for it, or run it "
+                 "on CPU (no transform decides this)", kind="complex")
+
+    def _foreign_consumer(self, assign: ast.Assign) -> str | None:
+        """The call outside torch that receives the assigned device in the same function, when it comes
+        from a library that knows no npu device (faster-whisper / CTranslate2), else None."""
+        names = {x for t in assign.targets if (x := _dotted(t))}
+        scope = next((a for a in self.ancestors(assign) if isinstance(a, (ast.FunctionDef, ast.AsyncFunctionDef))),
+                     self.tree)
+        for n in ast.walk(scope):
+            if not (isinstance(n, ast.Call) and any(_dotted(a) in names for a in
+                                                     [*n.args, *(k.value for k in n.keywords)])):
+                continue
+            q = self.names.qualify(n.func) or ""
+            if q.split(".")[0] in _CUDA_CPU_ONLY_LIBS:
+                return q
+        return None
+
+    def _describes_cuda_build(self, node: ast.AST) -> bool:
+        """The statement holding `node` also reads torch.version.cuda: it reports on CUDA itself."""
+        stmt = next((a for a in self.ancestors(node) if isinstance(a, ast.stmt)), None)
+        return stmt is not None and any(isinstance(n, ast.Attribute) and self.names.qualify(n) == "torch.version.cuda"
+                                        for n in ast.walk(stmt))
+
     def _cuda_call(self, node: ast.Call, q: str) -> None:
         name = q.split(".")[-1]
         rest = q[len("torch.cuda."):] if q.startswith("torch.cuda.") else q
@@ -792,7 +963,10 @@ class _Analysis:
                      kind="call")
         elif name == "mem_get_info":
             self.add(node, "cuda_api", "rewrite", "mem-get-info", "free/total memory answered on npu", kind="call")
+        elif name in ("is_available", "device_count") and self._predicate(node):
+            pass
         elif name in ("is_available", "device_count"):
+            self._early_exit(node)
             self.add(node, "cuda_api", "decision", "cuda-api",
                      "False/0 on npu: CUDA-only work is skipped there; cuda-api widens it only where the guarded "
                      "code follows the device", kind="predicate")
@@ -802,6 +976,11 @@ class _Analysis:
                 or self._bound_and_read_for_capability(node)):
             self.add(node, "cuda_api", "keep", "cuda-api",
                      "CUDA compute capability: torch_npu has no usable value; never sent to torch.npu", kind="call")
+        elif _has_npu_counterpart(rest) and self._describes_cuda_build(node):
+            self.add(node, "cuda_api", "keep", "cuda-api",
+                     f"torch.cuda.{rest} describes the CUDA build next to torch.version.cuda (an environment "
+                     "report's CUDA section): it must name CUDA's devices; npu's belong in a section of their own",
+                     kind="report")
         elif _has_npu_counterpart(rest):
             self.add(node, "cuda_api", "rewrite", "cuda-api",
                      f"torch.cuda.{rest}: torch.npu.{rest} on an npu host", kind="call")
@@ -886,6 +1065,23 @@ def cuda_only_gate(path: str, text: str, line: int) -> int | None:
         if first <= line <= last:
             return gate
     return None
+
+
+def no_npu_build_gate(path: str, text: str, line: int) -> int | None:
+    """Like `cuda_only_gate`, for gates that are an import of a module with no npu build (`import
+    flash_attn` in a try body): code behind them never runs on npu, whatever porter rewrites."""
+    gate = cuda_only_gate(path, text, line)
+    if gate is None:
+        return None
+    lines = text.splitlines()
+    code = lines[gate - 1] if 0 < gate <= len(lines) else ""
+    return gate if re.match(r"\s*(from|import)\s+(%s)\b" % "|".join(_NO_NPU_BUILD), code) else None
+
+
+def foreign_device(path: str, text: str, line: int) -> Site | None:
+    """The kept site of a device assignment on `line` whose device goes to a library that knows no npu."""
+    sites, _, _ = _result(path, text)
+    return next((s for s in sites if s.kind == "foreign" and s.line <= line <= s.end_line), None)
 
 
 def has_cuda_only_paths(path: str, text: str) -> bool:

@@ -53,11 +53,11 @@ EXPECTED_STEPS = [
     ("replace-text-in-function", 1), ("replace-text-in-function", 1),
     ("replace-text-in-function", 1), ("replace-text-in-function", 1),
     ("attention-fallback", 3),
-    ("autocast-device", 5),
+    ("autocast-device", 3),  # the MoE flash class (npu never builds it) is left, reported
     ("hardcoded-device", 1),
     ("cuda-api", 2),
     ("widen-device-check", 1),
-    ("import-order", 5),
+    ("import-order", 4),
 ]
 CHANGED = [
     "audio_tokenizer/audio_encoder.py", "audio_tokenizer/vae_modules.py", "configuration_bailing_moe.py",
@@ -71,6 +71,8 @@ EXPECTED_FINDINGS = {
     ("modeling_bailing_moe.py", "needs-decision", "attention-fallback"),  # MoE flash calls with dropout
     ("modeling_bailing_moe.py", "flash-attention", "attention-fallback"),  # MoE unpad/pad helpers
     ("modeling_bailing_moe.py", "cuda-only-import", "scan"),  # grouped_gemm, off unless use_grouped_gemm
+    ("modeling_bailing_moe.py", "autocast-device", "autocast-device"),  # autocast state in the flash class
+    ("audio_tokenizer/istft.py", "dtype", "scan"),  # complex spectrogram (istft/fft): complex64 on npu
 }
 
 

@@ -319,3 +319,336 @@ def test_class5_coqui_attend_shape_tuple_unpacking_and_early_return():
     assert out.text == text
     assert [(f.line, f.category) for f in out.findings] == [(13, "needs-decision")]
     assert "flows into the test at line 14" in out.findings[0].reason
+
+
+# -- is_available()/device_count() judged by their context, like the device comparisons --------------
+FISH_COMPILE = textwrap.dedent('''\
+    import torch
+
+
+    def setup(decode_one_token, compile):
+        if compile:
+            decode_one_token = torch.compile(
+                decode_one_token,
+                backend="inductor" if torch.cuda.is_available() else "aot_eager",
+                mode="reduce-overhead" if torch.cuda.is_available() else None,
+                fullgraph=True,
+            )
+        return decode_one_token
+''')
+
+
+def test_class1_is_available_choosing_compile_settings_stays_cuda_only():
+    # fish-speech 0.1.0 text2semantic/inference.py: inductor and CUDA graphs only under CUDA
+    bypassed = run("compile-bypass", FISH_COMPILE).text
+    assert "_porter_compile_where_supported(torch.compile)(" in bypassed
+    for text in (FISH_COMPILE, bypassed):  # before and after compile-bypass routed the call
+        out = run("cuda-api", text)
+        assert out.text == text and not out.changes
+        assert [f.line for f in out.findings] == [i + 1 for i, line in enumerate(text.splitlines())
+                                                  if "if torch.cuda.is_available() else" in line]
+        assert all("compilation" in f.reason for f in out.findings)
+    assert {(s.category, s.action) for s in sites(FISH_COMPILE, 8)} == {("compile_gate", "keep")}
+
+
+def test_class1_is_available_passed_as_a_compile_flag():
+    text = "import torch\n\ndef load(model):\n    model.prepare(compile=torch.cuda.is_available())\n"
+    out = run("cuda-api", text)
+    assert out.text == text and "compile=" in out.findings[0].reason
+
+
+WHISPER_DEVICE = textwrap.dedent('''\
+    import torch
+
+
+    def get_default_compute_device():
+        if torch.cuda.is_available() and (torch.version.cuda or torch.version.hip):
+            return 'cuda'
+        elif torch.backends.mps.is_available():
+            return 'mps'
+        else:
+            return 'cpu'
+''')
+
+
+def test_class3_is_available_paired_with_the_cuda_build_is_a_decision():
+    # WhisperSpeech 0.8.9 inference.py: widened, the condition still needs torch.version.cuda (None on
+    # an npu build), so an npu return written under it is never reached: a decision, nothing rewritten
+    for name in ("hardcoded-device", "cuda-api"):
+        out = run(name, WHISPER_DEVICE)
+        assert out.text == WHISPER_DEVICE and not out.changes, name
+    out = run("cuda-api", WHISPER_DEVICE)
+    assert [(f.line, f.category) for f in out.findings] == [(5, "cuda-api")]
+    assert "needs a decision" in out.findings[0].reason and "torch.version.cuda" in out.findings[0].reason
+    [site] = [s for s in sites(WHISPER_DEVICE, 5) if s.category == "cuda_api"]
+    assert (site.action, site.kind) == ("decision", "paired")
+    # without the CUDA-build condition the guard and its device follow npu as before
+    plain = WHISPER_DEVICE.replace(" and (torch.version.cuda or torch.version.hip)", "")
+    assert "'npu' if _porter_npu_available() else 'cuda'" in run("hardcoded-device", plain).text
+
+
+def test_class3_properties_after_an_early_return_without_cuda_are_left_alone():
+    # coqui-tts 0.28.0 perceiver_encoder.py: only CUDA gets past the early return
+    text = textwrap.dedent('''\
+        import torch
+
+
+        class Attend:
+            def __init__(self, use_flash):
+                self.cuda_config = None
+                if not torch.cuda.is_available() or not use_flash:
+                    return
+                props = torch.cuda.get_device_properties(torch.device("cuda"))
+                if props.major == 8:
+                    self.cuda_config = 1
+    ''')
+    for name in ("hardcoded-device", "cuda-api"):
+        out = run(name, text)
+        assert out.text == text, name
+    out = run("hardcoded-device", text)
+    assert any("behind the gate at line 7" in f.reason for f in out.findings)
+    # without the early return, torch.device("cuda") is a device choice like any other
+    assert run("hardcoded-device", text.replace("or not use_flash:\n            return", "or not use_flash:\n"
+                                                  "            pass")).changes
+
+
+def test_guards_whose_code_follows_the_device_are_widened():
+    # fish-speech (gc.collect, loguru's logger) and coqui-tts tortoise (a batch size from free memory)
+    text = textwrap.dedent('''\
+        import gc
+
+        import torch
+        from loguru import logger
+
+
+        def release():
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+                gc.collect()
+            if torch.cuda.is_available():
+                logger.info(f"GPU Memory used: {torch.cuda.max_memory_reserved() / 1e9:.02f} GB")
+
+
+        def pick_batch_size():
+            batch_size = 4
+            if torch.cuda.is_available():
+                batch_size = 1
+                if torch.cuda.memory_reserved() > 14:
+                    batch_size = 16
+            return batch_size
+    ''')
+    out = run("cuda-api", text)
+    assert out.text.count("if _porter_cuda_or_npu().is_available():") == 3, out.text
+    assert not out.findings
+    # a flag is still a blocker
+    flag = text.replace("batch_size = 1\n", "use_gpu = True\n")
+    assert any("sets a flag" in f.reason for f in run("cuda-api", flag).findings)
+
+
+def test_complex_tensors_are_dtype_decisions_the_scan_reports():
+    # outetts (torch.fft.rfft, istft, `x + 1j * y`), fish-speech and coqui-tts (stft(return_complex=...))
+    text = textwrap.dedent('''\
+        import torch
+
+
+        def spectra(y, x, mag, window, self):
+            spec = torch.view_as_real(
+                torch.stft(y, 1024, window=window, return_complex=True)
+            )
+            f = torch.fft.rfft(y, n=2048, dim=1)
+            s = mag * (x + 1j * y)
+            audio = torch.istft(s, 1024)
+            real = torch.stft(y, 1024, return_complex=False)
+            chosen = torch.stft(y, 1024, return_complex=self.return_complex)
+            freqs = torch.fft.rfftfreq(1024)
+            return spec, f, audio, real, chosen, freqs
+    ''')
+    found = [(s.line, s.category, s.action) for s in scan_source(text)]
+    assert found == [(n, "dtype", "decision") for n in (6, 8, 9, 10, 12)]  # the complex call's own line
+    assert not analyse_source("m.py", "z = 1 + 2j\n")  # not torch code
+
+
+def test_a_fallback_to_cpu_without_cuda_keeps_npu():
+    # fish-speech 0.1.0 tools/run_webui.py and tools/server/model_manager.py: `not CUDA -> cpu` would
+    # override a requested npu device with cpu; widened, npu keeps it (CUDA and CPU hosts as before)
+    text = textwrap.dedent('''\
+        import torch
+        from loguru import logger
+
+
+        def pick(args):
+            if torch.backends.mps.is_available():
+                args.device = "mps"
+            elif not torch.cuda.is_available():
+                logger.info("CUDA is not available, running on CPU.")
+                args.device = "cpu"
+            return args.device
+    ''')
+    out = run("cuda-api", text)
+    assert "elif not _porter_cuda_or_npu().is_available():" in out.text and not out.findings
+    # a branch that does anything else is still a decision
+    for body in ('raise RuntimeError("CUDA is required")', 'args.device = "cuda"', "args.fast = False"):
+        other = text.replace('args.device = "cpu"', body)
+        out = run("cuda-api", other)
+        assert out.text == other and [f.line for f in out.findings] == [8], body
+
+
+# -- code npu never runs: behind an import of a module with no npu build --------------------------------
+def test_flash_request_after_a_flash_attn_import_is_left_alone():
+    # outetts 0.4.4 models/config.py: the request only follows a successful `import flash_attn`
+    text = textwrap.dedent('''\
+        def build(config):
+            try:
+                from flash_attn import flash_attn_func
+                config["attn_implementation"] = "flash_attention_2"
+            except ImportError:
+                pass
+            return load(attn_implementation="flash_attention_2")
+    ''')
+    out = run("attention-fallback", text)
+    assert 'config["attn_implementation"] = "flash_attention_2"' in out.text
+    assert 'load(attn_implementation=_porter_flash_attention_or_fallback("flash_attention_2"))' in out.text
+    assert any(f.line == 4 and "import at line 3" in f.reason for f in out.findings)
+
+
+def test_class_needing_a_cuda_only_module_is_left_alone():
+    # outetts 0.4.4 models/exl2_model.py: the class raises without exllamav2 (CUDA kernels only)
+    text = textwrap.dedent('''\
+        import torch
+
+        try:
+            from exllamav2 import ExLlamaV2
+            _EXL2_AVAILABLE = True
+        except Exception:
+            _EXL2_AVAILABLE = False
+
+
+        class EXL2Model:
+            def __init__(self, path):
+                if not _EXL2_AVAILABLE:
+                    raise ImportError("exllamav2 python module not found.")
+                self.model = ExLlamaV2(path)
+
+            def generate(self, x):
+                out = self.model(x)
+                torch.cuda.empty_cache()
+                return out
+
+
+        def release():
+            torch.cuda.empty_cache()
+    ''')
+    out = run("cuda-api", text)
+    assert "        torch.cuda.empty_cache()\n" in out.text  # in the class: left, with the gate line
+    assert "    _porter_cuda_or_npu().empty_cache()\n" in out.text  # outside it: ported
+    assert any(f.line == 18 and "behind the gate at line 4" in f.reason for f in out.findings)
+
+
+def test_flash_attention_class_is_left_alone_by_autocast_device():
+    # parler-tts 0.2.3 ParlerTTSFlashAttention2: used only with flash_attention_2 (no npu build)
+    text = textwrap.dedent('''\
+        import torch
+
+
+        class ParlerFlashAttention2(Attention):
+            def forward(self, q):
+                if torch.is_autocast_enabled():
+                    q = q.to(torch.get_autocast_gpu_dtype())
+                return self._flash_attention_forward(q)
+
+
+        class ParlerSdpaAttention(Attention):
+            def forward(self, q):
+                if torch.is_autocast_enabled():
+                    q = q.to(torch.get_autocast_gpu_dtype())
+                return q
+    ''')
+    out = run("autocast-device", text)
+    lines = {c.line for c in out.changes}
+    assert {13, 14} <= lines and not lines & {6, 7}  # (line 2: porter's helper)
+    assert out.text.count('torch.get_autocast_dtype("npu")') == 1
+    assert {f.line for f in out.findings} == {6, 7}
+    assert all("behind the gate at line 4" in f.reason for f in out.findings)
+
+
+def test_onnx_runtime_cuda_provider_is_a_decision():
+    # coqui-tts 0.28.0 Vits.load_onnx: npu needs onnxruntime-cann's CANNExecutionProvider
+    text = ('def load_onnx(cuda=False):\n    providers = [\n        (\n            "CPUExecutionProvider"\n'
+            '            if cuda is False\n            else ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "DEFAULT"})\n'
+            '        )\n    ]\n')
+    assert [(s.line, s.category, s.action) for s in scan_source(text)] == [(6, "other", "decision")]
+    assert "CANNExecutionProvider" in scan_source(text)[0].reason
+
+
+def test_positional_cuda_for_a_device_parameter_of_this_module():
+    # coqui-tts 0.28.0 bark/hubert/tokenizer.py: HubertTokenizer.load_from_checkpoint(path, "cuda")
+    text = textwrap.dedent('''\
+        import torch
+
+
+        class Tokenizer:
+            @staticmethod
+            def load_from_checkpoint(path, map_location=None):
+                return torch.load(path, map_location=map_location)
+
+            def place(self, x, device):
+                return x.to(device)
+
+
+        def train(path, x, tok):
+            model = Tokenizer.load_from_checkpoint(path, "cuda")
+            tok.place(x, "cuda")
+            log(path, "cuda")
+    ''')
+    out = run("hardcoded-device", text)
+    assert 'load_from_checkpoint(path, "npu" if _porter_npu_available() else "cuda")' in out.text
+    assert 'tok.place(x, "npu" if _porter_npu_available() else "cuda")' in out.text  # self is not positional
+    assert 'log(path, "cuda")' in out.text  # no parameter says device: left, reported
+    assert any("does not recognise" in f.reason for f in out.findings)
+
+
+def test_an_environment_report_of_cuda_keeps_naming_cuda():
+    # coqui-tts 0.28.0 bin/collect_env_info.py: the CUDA section must not list npu devices as CUDA ones
+    text = textwrap.dedent('''\
+        import torch
+
+
+        def cuda_info():
+            return {
+                "GPU": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+                "available": torch.cuda.is_available(),
+                "version": torch.version.cuda,
+            }
+
+
+        def name():
+            return torch.cuda.get_device_name(0)
+    ''')
+    out = run("cuda-api", text)
+    assert "[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]" in out.text
+    assert "return _porter_cuda_or_npu().get_device_name(0)" in out.text  # a plain query follows the device
+    assert any(f.line == 6 and "torch.version.cuda" in f.reason for f in out.findings)
+
+
+def test_a_device_for_a_library_without_npu_is_left_alone():
+    # coqui-tts 0.28.0 demos/xtts_ft_demo/utils/formatter.py: faster-whisper (CTranslate2) knows cuda/cpu
+    text = textwrap.dedent('''\
+        import torch
+        from faster_whisper import WhisperModel
+
+
+        def transcribe(path):
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            asr_model = WhisperModel("large-v2", device=device, compute_type="float16")
+            return asr_model.transcribe(path)
+
+
+        def embed(path):
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            return torch.load(path, map_location=device)
+    ''')
+    out = run("hardcoded-device", text)
+    lines = out.text.splitlines()
+    assert '    device = "cuda" if torch.cuda.is_available() else "cpu"' in lines  # for faster-whisper
+    assert out.text.count('"npu" if _porter_npu_available() else') == 1  # torch.load's device follows npu
+    assert any(f.line == 6 and "faster_whisper.WhisperModel" in f.reason for f in out.findings)

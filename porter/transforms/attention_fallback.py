@@ -10,6 +10,7 @@ import libcst as cst
 from libcst.helpers import get_full_name_for_node
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from porter.analysis import has_cuda_only_paths, no_npu_build_gate
 from porter.transforms import _gates, _runtime
 from porter.transforms._npu_runtime import string_value as _string
 from porter.transforms._npu_runtime import target_name as _key_name
@@ -519,7 +520,17 @@ class _Fallback(Rewriter):
         reason = self._wrap.get(original)
         if reason is None:
             return updated
+        gate = self._cuda_only_gate(original)
+        if gate is not None:  # e.g. after `import flash_attn` in a try body: npu never gets there
+            self.find(original, "harmless", f"flash_attention_2 requested only where the import at line {gate} "
+                      "succeeds (flash_attn has no npu build): npu never reaches it; left alone")
+            return updated
         return self.record(original, self._fallback_call(updated), reason)
+
+    def _cuda_only_gate(self, node: cst.CSTNode) -> int | None:
+        if self.source is None or not has_cuda_only_paths(self.ctx.path, self.source):
+            return None
+        return no_npu_build_gate(self.ctx.path, self.source, self.line_of(node)[0])
 
     def leave_Comparison(self, original: cst.Comparison, updated: cst.Comparison) -> cst.BaseExpression:
         plan = self._widen.get(original)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import libcst as cst
+from porter.analysis import cuda_only_gate, has_cuda_only_paths
 from pydantic import BaseModel, ConfigDict, Field
 
 from porter.transforms._base import Example, PythonTransform, Rewriter, Safety, walk
@@ -42,6 +43,17 @@ TRAINING = {
 def _is_cuda_type(node: cst.CSTNode) -> bool:
     return string_value(node) == "cuda"
 
+
+
+R_CUDA_ONLY = "harmless: only reachable on CUDA, behind the gate at line {line} that stays CUDA-only; left alone"
+
+
+def _cuda_only_gate(rewriter: Rewriter, node: cst.CSTNode) -> int | None:
+    """The line of the gate the analysis keeps CUDA-only in front of `node` (a class only flash
+    attention uses, code after `import flash_attn`), or None."""
+    if rewriter.source is None or not has_cuda_only_paths(rewriter.ctx.path, rewriter.source):
+        return None
+    return cuda_only_gate(rewriter.ctx.path, rewriter.source, rewriter.line_of(node)[0])
 
 class _Rewrite(Rewriter):
 
@@ -154,6 +166,10 @@ class _Rewrite(Rewriter):
         if self.params.state_queries and not original_node.args:
             names = self.imported_names(original_node.func)
             hit = next((_LEGACY_STATE[n] for n in names if n in _LEGACY_STATE), None)
+            gate = None if hit is None else _cuda_only_gate(self, original_node)
+            if gate is not None:
+                self.find(original_node, "autocast-device", R_CUDA_ONLY.format(line=gate))
+                return updated_node
             if hit is not None:
                 func = updated_node.func
                 if hit == "get_autocast_dtype":

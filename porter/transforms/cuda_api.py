@@ -37,6 +37,8 @@ OWNED_ELSEWHERE = {
 }
 # torch.cuda submodules whose functions are re-exported as torch.cuda.X (same objects).
 _SUBMODULES = ("memory", "random", "streams")
+# Analysis categories whose kept (or paired, decided) sites cuda-api leaves alone.
+_KEPT_CATEGORIES = ("cuda_api", "compile_gate", "kernel_gate")
 # Answers "is there an accelerator?"; code then often picks "cuda": rewritten only in safe guards.
 PREDICATES = ("is_available", "device_count")
 _BUILTINS = {"print", "len", "str", "int", "float", "bool", "round", "min", "max", "format", "isinstance",
@@ -46,7 +48,11 @@ _SAFE_METHODS = {"to", "half", "float", "bfloat16", "eval", "cpu", "item", "form
 _LOGGING = _SAFE_METHODS & {"debug", "info", "warning", "warn", "error", "exception", "critical", "log"}
 _SAFE_TORCH = {"torch.manual_seed", "torch.device", "torch.autocast", "torch.amp.autocast",
                "torch.set_float32_matmul_precision", "torch.no_grad", "torch.inference_mode", "torch.is_tensor",
-               "torch.get_default_dtype", "torch.set_default_dtype", "warnings.warn"}
+               "torch.get_default_dtype", "torch.set_default_dtype", "warnings.warn", "gc.collect"}
+# Devices an `if not torch.cuda.is_available():` branch may fall back to (no CUDA work in it).
+_FALLBACK_DEVICES = {"cpu", "mps", "xpu", "meta"}
+# Logging packages: `from loguru import logger; logger.info(...)` only writes a message.
+_LOGGERS = {"logging", "loguru"}
 
 
 class _Rewrite(Rewriter):
@@ -84,13 +90,16 @@ class _Rewrite(Rewriter):
 
     def kept_by_analysis(self, node: cst.Call) -> str | None:
         """Why the analysis keeps this call CUDA-only (a CUDA-only property read from its result,
-        such as `get_device_properties(d).major`), else None."""
-        if self.source is None or not has_sites(self.ctx.path, self.source, ("cuda_api",), ("keep",)):
+        such as `get_device_properties(d).major`; a predicate that chooses compile settings or is
+        paired with `torch.version.cuda`), else None."""
+        if self.source is None or not has_sites(self.ctx.path, self.source, _KEPT_CATEGORIES):
             return None
         start = self.meta(PositionProvider, node).start
-        site = site_at(self.ctx.path, self.source, start.line, start.column, ("cuda_api",))
-        if site is None or site.action != "keep":
+        site = site_at(self.ctx.path, self.source, start.line, start.column, _KEPT_CATEGORIES)
+        if site is None or not (site.action == "keep" or site.kind == "paired"):
             return None
+        if site.action == "decision":
+            return f"needs a decision: {site.reason}"
         if site.reason.startswith("harmless: only reachable on CUDA"):
             return site.reason + "; left alone"
         if site.reason.startswith("harmless"):
@@ -182,15 +191,43 @@ class _Rewrite(Rewriter):
         if not (isinstance(parent, (cst.If, cst.IfExp)) and parent.test is child):
             return (f"torch.cuda.{name}() outside an if-test: code often turns the answer into a CUDA device "
                     "or flag later; needs a decision")
-        if negated:
+        if negated and not self.falls_back(parent, child, call):
             return (f"`not torch.cuda.{name}()` gates the code after it (a CUDA-required check?); "
                     "needs a decision")
+        if negated:
+            return None
         if isinstance(parent, cst.IfExp) and is_cuda_literal(parent.body):
             return "device choice on torch.cuda.is_available(): hardcoded-device rewrites it"
         blocker = self.blocker(parent.body)
         if blocker is not None:
             return f"guarded code {blocker}; widening the guard to npu could break it"
         return None
+
+    def falls_back(self, branch: cst.CSTNode, test: cst.CSTNode, call: cst.Call) -> bool:
+        """`if not torch.cuda.is_available(): device = "cpu"` (and a log line): the branch only falls back
+        to a non-CUDA device. Widened, an npu host keeps the device it asked for instead of cpu."""
+        if not (isinstance(branch, cst.If) and isinstance(test, cst.UnaryOperation) and test.expression is call):
+            return False
+        stmts = [s for line in branch.body.body for s in getattr(line, "body", [line])]
+        assigned = False
+        for stmt in stmts:
+            if isinstance(stmt, cst.Assign) and isinstance(stmt.value, cst.SimpleString):
+                value = stmt.value.evaluated_value
+                if not isinstance(value, str) or value.split(":")[0] not in _FALLBACK_DEVICES:
+                    return False
+                assigned = True
+            elif not (isinstance(stmt, cst.Expr) and isinstance(stmt.value, cst.Call)
+                      and self.informational_call(stmt.value)):
+                return False
+        orelse = branch.orelse
+        return assigned and (orelse is None or self.blocker(orelse) is None)
+
+    def informational_call(self, call: cst.Call) -> bool:
+        """print(...) / a logger's info/warning/...: only writes a message."""
+        func = call.func
+        if isinstance(func, cst.Name):
+            return func.value == "print"
+        return isinstance(func, cst.Attribute) and func.attr.value in _LOGGING
 
     def informational(self, node: cst.CSTNode) -> bool:
         """Whether `node` only ends up in a message: print(...), logger.info(...), an f-string."""
@@ -217,9 +254,7 @@ class _Rewrite(Rewriter):
                 return f"hard-codes a CUDA device (line {line}; run hardcoded-device first)"
             if isinstance(node, (cst.Import, cst.ImportFrom, cst.FunctionDef, cst.ClassDef)):
                 return f"imports or defines something (line {line})"
-            if isinstance(node, (cst.Assign, cst.AugAssign, cst.AnnAssign)) and isinstance(
-                node.value, (cst.Integer, cst.Name)
-            ) and (not isinstance(node.value, cst.Name) or node.value.value in ("True", "False")):
+            if isinstance(node, (cst.Assign, cst.AugAssign, cst.AnnAssign)) and _flag(node):
                 return f"sets a flag that later code may read as 'CUDA is present' (line {line})"
             if isinstance(node, (cst.Attribute, cst.Name)):
                 name = self.cuda_name(node)
@@ -244,12 +279,33 @@ class _Rewrite(Rewriter):
         if names:
             factories = set(self.data.device_argument_functions.get("torch", ()))
             return any(n in _SAFE_TORCH or (n.startswith("torch.") and n[len("torch."):] in factories)
+                       or n.rsplit(".", 1)[-1] in _LOGGING and n.split(".")[0] in _LOGGERS
                        for n in names)
         if isinstance(func, cst.Name):
             return func.value in _BUILTINS
         if isinstance(func, cst.Attribute):
             return func.attr.value in _SAFE_METHODS
         return False
+
+
+def _flag(node: cst.Assign | cst.AugAssign | cst.AnnAssign) -> bool:
+    """`use_gpu = True`, `n_gpu = 1`: a bool, or a number stored under a device-like name (a batch
+    size picked from free memory is not a flag)."""
+    value = node.value
+    if isinstance(value, cst.Name):
+        return value.value in ("True", "False")
+    if not isinstance(value, cst.Integer):
+        return False
+    targets = [t.target for t in node.targets] if isinstance(node, cst.Assign) else [node.target]
+    words = set()
+    for t in targets:
+        for n in walk(t):
+            if isinstance(n, cst.Name):
+                words.update(w for w in re.split(r"[_\W]+", n.value.lower()) if w)
+    return bool(words & _DEVICE_WORDS)
+
+
+_DEVICE_WORDS = {"cuda", "gpu", "gpus", "ngpu", "device", "devices", "accelerator", "rank", "world", "nccl"}
 
 
 def _dotted(node: cst.CSTNode) -> bool:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import re
 
 import libcst as cst
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from porter.analysis import cuda_only_gate, has_cuda_only_paths
+from porter.analysis import cuda_only_gate, foreign_device, has_cuda_only_paths
 from porter.transforms._base import Example, PythonTransform, Rewriter, Safety, walk
 from porter.transforms._npu_runtime import (
     CUDA_OR_NPU,
@@ -50,6 +51,7 @@ class _Rewrite(Rewriter):
         self.choices: dict[int, str] = {}  # id(original IfExp) -> why (device choice on is_available)
         self.reported: set[int] = set()
         self.functions: list[str] = []
+        self._defs: dict[str, list[str] | None] | None = None  # this module's functions -> positional params
 
     # -- what is a device position ----------------------------------------------------------------
     def _device_choice(self, node: cst.CSTNode) -> bool:
@@ -145,6 +147,10 @@ class _Rewrite(Rewriter):
         for qualified, index in _POSITIONAL.items():
             if qualified in names and len(positional) > index:
                 self._mark(positional[index].value, f"device argument of {qualified}")
+        params = self._local_params(func)
+        for i, arg in enumerate(positional):
+            if i < len(params) and self.names.match(params[i]):
+                self._mark(arg.value, f"`{params[i]}` argument of `{self.code(func).strip()}` (defined in this module)")
         if "torch.device" in names:
             for arg in node.args:
                 if arg.keyword is not None and arg.keyword.value == "type":
@@ -169,6 +175,28 @@ class _Rewrite(Rewriter):
                     self._claim_all(arg.value)
         return True
 
+    def _local_params(self, func: cst.BaseExpression) -> list[str]:
+        """Positional parameter names of the function or method `func` calls, when this module defines
+        exactly one function of that name (`Tokenizer.load_from_checkpoint(path, "cuda")` with
+        `def load_from_checkpoint(path, map_location=None)`); [] otherwise."""
+        name = func.attr.value if isinstance(func, cst.Attribute) else getattr(func, "value", None)
+        if not isinstance(name, str) or self.source is None:
+            return []
+        if self._defs is None:
+            self._defs = {}
+            try:
+                tree = ast.parse(self.source)
+            except (SyntaxError, ValueError, RecursionError):
+                tree = None
+            for f in ast.walk(tree) if tree is not None else ():
+                if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    args = [a.arg for a in f.args.posonlyargs + f.args.args]
+                    self._defs[f.name] = None if f.name in self._defs else args  # two defs: ambiguous
+        params = self._defs.get(name) or []
+        if isinstance(func, cst.Attribute) and params[:1] in (["self"], ["cls"]):
+            params = params[1:]
+        return params
+
     def _cli_option(self, node: cst.Call) -> bool:
         func = node.func
         name = func.attr.value if isinstance(func, cst.Attribute) else getattr(func, "value", None)
@@ -192,7 +220,7 @@ class _Rewrite(Rewriter):
                 self.find(original, "hardcoded-device",
                           "CUDA device string in a place porter does not recognise as a device; left as is")
             return updated
-        if self._cuda_only(original):
+        if self._cuda_only(original) or self._foreign(original):
             return updated
         need_npu_available(self)
         parent = self.parent(original)
@@ -206,7 +234,7 @@ class _Rewrite(Rewriter):
         return self._literal(original_node, updated_node)
 
     def leave_IfExp(self, original_node: cst.IfExp, updated_node: cst.IfExp):
-        if id(original_node) not in self.choices:
+        if id(original_node) not in self.choices or self._foreign(original_node):
             return updated_node
         need_npu_available(self)
         parent = self.parent(original_node)
@@ -250,6 +278,15 @@ class _Rewrite(Rewriter):
         if gate is not None:
             self.find(node, "hardcoded-device", R_CUDA_ONLY.format(line=gate))
         return gate is not None
+
+    def _foreign(self, node: cst.CSTNode) -> bool:
+        """The device goes to a library that knows no npu (the analysis's verdict): reported, left alone."""
+        if self.source is None or "faster_whisper" not in self.source and "ctranslate2" not in self.source:
+            return False
+        site = foreign_device(self.ctx.path, self.source, self.line_of(node)[0])
+        if site is not None:
+            self.find(node, "hardcoded-device", site.reason)
+        return site is not None
 
     def _owned_elsewhere(self, node: cst.CSTNode) -> bool:
         """Literals other transforms handle: comparisons (widen-device-check), autocast device types."""
