@@ -57,6 +57,9 @@ _FLASH_MODULES = ("flash_attn", "xformers", "transformer_engine", "vllm")
 _CUDA = re.compile(r"^cuda(:\d+)?$")
 _DEVICE_KWARGS = {"device", "map_location", "device_map", "device_type", "default_device"}
 _ATTN_KEY = re.compile(r"(?:^|_)attn_implementation$")
+# attention implementations (transformers' attn_implementation values; attention-fallback's)
+_IMPLEMENTATIONS = frozenset({"eager", "sdpa", "flex_attention", "paged_attention", "flash_attention_2",
+                              "flash_attention_3"})
 _RETURNS_IMPLEMENTATION = re.compile(r"attn_implementation|attention_implementation")
 COMPILE_APIS = frozenset({
     "torch.compile", "torch._dynamo.optimize", "torch.cuda.graph", "torch.cuda.CUDAGraph",
@@ -414,6 +417,10 @@ class _Analysis:
             else:
                 break
         holder = self.parent.get(expr)
+        # 0. an attention selector: attention-fallback widens it (and wraps a flash value)
+        selector = self._attention_selector(node, holder) if expr is node else None
+        if selector is not None:
+            return selector
         # 1. paired with a CUDA-only property in the same boolean expression
         for s in siblings:
             eff = self.effects([s])
@@ -474,6 +481,29 @@ class _Analysis:
                 break
         return ("device_check", "rewrite", "widen-device-check",
                 "npu takes the CUDA branch; the branch does no CUDA-only work", "")
+
+    def _attention_selector(self, node: ast.AST, holder: ast.AST | None) -> tuple[str, str, str, str, str] | None:
+        """`"sdpa" if d.type == "cuda" else "eager"`: attention-fallback widens the test when the CUDA
+        branch is an implementation other than eager and the other branch neither the same nor sdpa (its
+        fallback); a flash value npu then reaches falls back to sdpa there. The same rules as its own."""
+        if not (isinstance(holder, ast.IfExp) and holder.test is node and isinstance(node, ast.Compare)
+                and len(node.ops) == 1):
+            return None
+        op = node.ops[0]
+        if isinstance(op, (ast.Eq, ast.NotEq)):
+            cuda_is_true = isinstance(op, ast.Eq)
+        elif isinstance(op, (ast.In, ast.NotIn)) and isinstance(node.comparators[0], (ast.Tuple, ast.List, ast.Set)):
+            cuda_is_true = isinstance(op, ast.In)
+        else:
+            return None
+        cuda, other = (holder.body, holder.orelse) if cuda_is_true else (holder.orelse, holder.body)
+        cuda_value, other_value = _str(cuda), _str(other)
+        if cuda_value not in _IMPLEMENTATIONS - {"eager"} or other_value in (cuda_value, "sdpa"):
+            return None
+        return ("attention_backend", "rewrite", "attention-fallback",
+                f"attention selector: npu takes the CUDA branch ({cuda_value!r}"
+                + (", which falls back to sdpa there" if "flash" in cuda_value else "") + f") instead of {other_value!r}",
+                ast.unparse(holder)[:120])
 
     def _name_gate(self, name: str) -> tuple[str, str, str, str] | None:
         if not name:
@@ -710,8 +740,9 @@ class _Analysis:
                              kind="decorator")
         elif isinstance(n, ast.Assign):
             names = [ast.unparse(t) for t in n.targets]
+            choices = [x.body for x in ast.walk(n.value) if self._device_choice(x)]  # sites of their own
             if any("device" in x.lower() for x in names) and not _porter_test(n.value) and any(
-                    _is_cuda_literal(x) for x in ast.walk(n.value)):
+                    _is_cuda_literal(x) and x not in choices for x in ast.walk(n.value)):
                 consumer = self._foreign_consumer(n)
                 if consumer:
                     self.add(n, "hardcoded_device", "keep", "hardcoded-device",
@@ -947,10 +978,22 @@ class _Analysis:
         return stmt is not None and any(isinstance(n, ast.Attribute) and self.names.qualify(n) == "torch.version.cuda"
                                         for n in ast.walk(stmt))
 
+    def _device_choice(self, node: ast.AST) -> bool:
+        """`"cuda" if torch.cuda.is_available() else <x>`: a device chosen as a whole, which
+        hardcoded-device rewrites (npu first where available); the test is exactly that call."""
+        return (isinstance(node, ast.IfExp) and _is_cuda_literal(node.body) and isinstance(node.test, ast.Call)
+                and not node.test.args and not node.test.keywords
+                and self.names.qualify(node.test.func) == "torch.cuda.is_available")
+
     def _cuda_call(self, node: ast.Call, q: str) -> None:
         name = q.split(".")[-1]
         rest = q[len("torch.cuda."):] if q.startswith("torch.cuda.") else q
-        if name in ("graph", "CUDAGraph", "make_graphed_callables", "graphs"):
+        choice = self.parent.get(node)
+        if name == "is_available" and self._device_choice(choice) and choice.test is node:  # type: ignore[union-attr]
+            self.add(choice, "hardcoded_device", "rewrite", "hardcoded-device",
+                     "a device chosen by torch.cuda.is_available(): becomes npu first where available, the "
+                     "upstream choice otherwise", kind="choice")
+        elif name in ("graph", "CUDAGraph", "make_graphed_callables", "graphs"):
             action = "rewrite" if name == "make_graphed_callables" else "decision"
             self.add(node, "compile", action, "compile-bypass",
                      "CUDA-graph capture: stays off on npu only behind a device gate; check its callers"

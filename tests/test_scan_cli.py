@@ -244,29 +244,9 @@ def scan_apply_disagreements(source: Path, work: Path) -> set[str]:
     return out
 
 
-# What the analysis and a transform still disagree on (porter.analysis owns the fix; a fixed entry
-# fails this test until it is taken off the list).
-KNOWN_DISAGREEMENTS = {
-    "tinylm": {
-        # `return "cuda" if torch.cuda.is_available() else "cpu"`: hardcoded-device rewrites the
-        # choice, the analysis has only the is_available() call there, as a cuda-api decision.
-        "tinylm/modeling_tinylm.py:11: hardcoded-device rewrote it; the scan has no rewrite site of hardcoded-device"
-        " there",
-        "tinylm/modeling_tinylm.py:11: cuda_api decision (cuda-api): changed by ['hardcoded-device']",
-    },
-    "tinytts": {
-        # `return "sdpa" if device.type == "cuda" else "eager"`: the analysis gives the device check to
-        # widen-device-check; attention-fallback (an earlier step) widens it as an attention selector.
-        "tinytts/model.py:7: attention-fallback rewrote it; the scan has no rewrite site of attention-fallback there",
-        "tinytts/model.py:7: device_check rewrite (widen-device-check): its step left it alone",
-    },
-}
-
-
 @pytest.mark.parametrize("fixture", ["tinylm", "tinytts"])
 def test_scan_and_apply_agree_on_every_site(tmp_path: Path, fixture: str):
-    found = scan_apply_disagreements(FIXTURES / fixture, tmp_path)
-    assert found == KNOWN_DISAGREEMENTS.get(fixture, set())
+    assert scan_apply_disagreements(FIXTURES / fixture, tmp_path) == set()
 
 
 def test_every_category_of_the_analysis_is_described():

@@ -14,7 +14,7 @@ from porter.transforms._gates import enclosing_gate
 from porter.transforms._npu_runtime import string_value as _value
 
 _CUDA = re.compile(r"^cuda(:\d+)?$")
-_DEVICE_CATEGORIES = ("device_check", "compile_gate", "kernel_gate")
+_DEVICE_CATEGORIES = ("device_check", "compile_gate", "kernel_gate", "attention_backend")
 
 
 def _string_like(template: cst.SimpleString, value: str) -> cst.SimpleString:
