@@ -742,9 +742,11 @@ class _Analysis:
             names = [ast.unparse(t) for t in n.targets]
             choices = [x.body for x in ast.walk(n.value) if self._device_choice(x)]  # sites of their own
             if any("device" in x.lower() for x in names) and not _porter_test(n.value) and any(
-                    _is_cuda_literal(x) and x not in choices for x in ast.walk(n.value)):
+                    _is_cuda_literal(x) for x in ast.walk(n.value)):
                 consumer = self._foreign_consumer(n)
-                if consumer:
+                if not consumer and not any(_is_cuda_literal(x) and x not in choices for x in ast.walk(n.value)):
+                    pass  # only device choices: each is a site of its own (the is_available() call)
+                elif consumer:
                     self.add(n, "hardcoded_device", "keep", "hardcoded-device",
                              f"the device goes to {consumer}, which knows only cuda/cpu devices (no npu): "
                              "leave it; on npu that library keeps running on cpu", kind="foreign")
@@ -989,7 +991,10 @@ class _Analysis:
         name = q.split(".")[-1]
         rest = q[len("torch.cuda."):] if q.startswith("torch.cuda.") else q
         choice = self.parent.get(node)
+        stmt = next((a for a in self.ancestors(node) if isinstance(a, ast.stmt)), None)
         if name == "is_available" and self._device_choice(choice) and choice.test is node:  # type: ignore[union-attr]
+            if isinstance(stmt, ast.Assign) and self._foreign_consumer(stmt):
+                return  # the device goes to a library that knows no npu: the assignment's kept site says so
             self.add(choice, "hardcoded_device", "rewrite", "hardcoded-device",
                      "a device chosen by torch.cuda.is_available(): becomes npu first where available, the "
                      "upstream choice otherwise", kind="choice")

@@ -129,12 +129,12 @@ class _Rewrite(Rewriter):
             return updated_node
         reason = self.why_not(name) or self.kept_by_analysis(original_node)
         if reason is not None:
-            self.find(original_node, "cuda-api", reason)
+            self.find(original_node, "cuda_api", reason)
             return updated_node
         if name in PREDICATES:
             verdict = self.predicate(original_node, name)
             if verdict is not None:
-                self.find(original_node, "cuda-api", verdict)
+                self.find(original_node, "cuda_api", verdict)
                 return updated_node
         need_cuda_or_npu(self)
         result = updated_node.with_changes(func=cst.Attribute(value=cuda_or_npu_call(), attr=cst.Name(name)))
@@ -156,7 +156,7 @@ class _Rewrite(Rewriter):
         if name is None or self.owned_elsewhere(name):
             return
         reason = self.why_not(name) or "referenced without a call (stored, passed or caught); left as is"
-        self.find(original, "cuda-api", reason)
+        self.find(original, "cuda_api", reason)
 
     def leave_Attribute(self, original_node, updated_node):
         self._reference(original_node)

@@ -84,7 +84,7 @@ class _Rewrite(Rewriter):
         elif isinstance(expr, (cst.BinaryOperation, cst.Call, cst.ConcatenatedString)):
             text = self.code(expr)
             if re.match(r"""^\s*\(?\s*[rRuU]?['"]cuda:""", text):
-                self.find(expr, "hardcoded-device",
+                self.find(expr, "hardcoded_device",
                           f"{why}, built from a CUDA string at run time; porter cannot rewrite it safely")
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
@@ -170,7 +170,7 @@ class _Rewrite(Rewriter):
                 if arg.keyword is not None and arg.keyword.value == "default":
                     self._mark(arg.value, "default of a --device command-line option")
                 if arg.keyword is not None and arg.keyword.value == "choices":
-                    self.find(arg, "hardcoded-device",
+                    self.find(arg, "hardcoded_device",
                               "command-line choices offer CUDA but not npu; extend them if users should pick npu")
                     self._claim_all(arg.value)
         return True
@@ -217,7 +217,7 @@ class _Rewrite(Rewriter):
         why = self.targets.get(id(original))
         if why is None:
             if is_cuda_literal(original) and id(original) not in self.reported and not self._owned_elsewhere(original):
-                self.find(original, "hardcoded-device",
+                self.find(original, "hardcoded_device",
                           "CUDA device string in a place porter does not recognise as a device; left as is")
             return updated
         if self._cuda_only(original) or self._foreign(original):
@@ -249,7 +249,7 @@ class _Rewrite(Rewriter):
         if not (isinstance(func, cst.Attribute) and func.attr.value == "cuda"):
             return updated_node
         if _dotted(func.value) and self.imported_names(func.value):
-            self.find(original_node, "hardcoded-device",
+            self.find(original_node, "hardcoded_device",
                       ".cuda() called on an imported name (module or class), not on a tensor or model")
             return updated_node
         if self._cuda_only(original_node):
@@ -276,7 +276,7 @@ class _Rewrite(Rewriter):
             return False
         gate = cuda_only_gate(self.ctx.path, self.source, self.line_of(node)[0])
         if gate is not None:
-            self.find(node, "hardcoded-device", R_CUDA_ONLY.format(line=gate))
+            self.find(node, "hardcoded_device", R_CUDA_ONLY.format(line=gate))
         return gate is not None
 
     def _foreign(self, node: cst.CSTNode) -> bool:
@@ -285,7 +285,7 @@ class _Rewrite(Rewriter):
             return False
         site = foreign_device(self.ctx.path, self.source, self.line_of(node)[0])
         if site is not None:
-            self.find(node, "hardcoded-device", site.reason)
+            self.find(node, "hardcoded_device", site.reason)
         return site is not None
 
     def _owned_elsewhere(self, node: cst.CSTNode) -> bool:

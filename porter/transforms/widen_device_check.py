@@ -54,7 +54,7 @@ class _Widen(Rewriter):
             return False
         if site.transform == self.transform.name:
             verdict = "needs a decision" if site.action == "decision" else "kept CUDA-only"
-            self.find(node, "device-comparison" if site.action == "keep" else "needs-decision",
+            self.find(node, "device_check" if site.action == "keep" else "needs_decision",
                       f"{verdict}: {site.reason}" + (f" ({site.context})" if site.context.startswith("line") else ""))
         return True
 
