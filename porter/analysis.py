@@ -85,6 +85,23 @@ _MESSAGE_FLASH = re.compile(r"flash", re.I)
 _MESSAGE_CUDA = re.compile(r"\bcuda\b|\bgpu\b|nvidia", re.I)
 
 
+# cuda-api's rules for widening a torch.cuda.is_available()/device_count() guard (it imports them).
+_AMP_TRAINING = {"GradScaler", "custom_fwd", "custom_bwd"}  # autocast-device leaves these (training)
+_CUDA_OWNED_ELSEWHERE = {"mem_get_info", "amp", "graph", "graphs", "CUDAGraph", "make_graphed_callables",
+                         "graph_pool_handle", "is_current_stream_capturing"}
+_BUILTINS = {"print", "len", "str", "int", "float", "bool", "round", "min", "max", "format", "isinstance",
+             "hasattr", "getattr", "range", "list", "dict", "tuple", "repr", "sum", "abs"}
+_SAFE_METHODS = {"to", "half", "float", "bfloat16", "eval", "cpu", "item", "format", "join", "debug", "info",
+                 "warning", "warn", "error", "exception", "critical", "log", "warning_once", "info_once"}
+_LOGGING = _SAFE_METHODS & {"debug", "info", "warning", "warn", "error", "exception", "critical", "log"}
+_SAFE_TORCH = {"torch.manual_seed", "torch.device", "torch.autocast", "torch.amp.autocast",
+               "torch.set_float32_matmul_precision", "torch.no_grad", "torch.inference_mode", "torch.is_tensor",
+               "torch.get_default_dtype", "torch.set_default_dtype", "warnings.warn", "gc.collect"}
+_FALLBACK_DEVICES = {"cpu", "mps", "xpu", "meta"}  # where `if not torch.cuda.is_available():` may fall back
+_LOGGERS = {"logging", "loguru"}
+_DEVICE_WORDS = {"cuda", "gpu", "gpus", "ngpu", "device", "devices", "accelerator", "rank", "world", "nccl"}
+
+
 @dataclass(frozen=True)
 class Site:
     """One CUDA-specific site and what a correct dual-backend port does with it."""
@@ -207,6 +224,7 @@ class _Analysis:
         self.props_names = self._props_names()
         self.kept_paths: list[tuple[int, int, int]] = []  # (first, last, gate line) only CUDA reaches
         self.optional = self._optional_imports()
+        self.predicates: list[tuple[ast.Call, str]] = []  # is_available()/device_count() judged after the walk
 
     # -- helpers ------------------------------------------------------------------------------------
     def col(self, node: ast.AST) -> int:
@@ -669,6 +687,15 @@ class _Analysis:
                 self.device_check(n, n, "is_cuda", True)
         for n in self.nodes:
             self._other(n)
+        for call, name in self.predicates:
+            verdict = self._guard_verdict(call, name)
+            if verdict is None:
+                self.add(call, "cuda_api", "rewrite", "cuda-api",
+                         f"torch.cuda.{name}() guards code that follows the device: cuda-api widens the guard "
+                         "(torch.npu's answer on an npu host)", kind="predicate")
+            else:
+                self.add(call, "cuda_api", "decision", "cuda-api",
+                         f"False/0 on npu: {verdict}; cuda-api leaves it", kind="predicate")
         others = []
         for s in self.sites:
             gate = None
@@ -762,6 +789,9 @@ class _Analysis:
             for key, value in zip(n.keys, n.values):
                 if _str(key) is not None and _ATTN_KEY.search(_str(key) or ""):
                     self._flash_request(value, repr(_str(key)))
+        elif isinstance(n, (ast.Attribute, ast.Name)) and self._amp_reference(n):
+            self.add(n, "autocast", "rewrite", "autocast-device",
+                     "torch.cuda.amp.autocast referenced (passed or stored): follows the device", kind="reference")
         elif isinstance(n, ast.Attribute):
             p = self.parent.get(n)
             if n.attr == "compile" and not (isinstance(p, ast.Call) and p.func is n) \
@@ -787,6 +817,13 @@ class _Analysis:
                          kind="fstring")
         elif isinstance(n, ast.Call):
             self._call(n)
+
+    def _amp_reference(self, n: ast.AST) -> bool:
+        """torch.cuda.amp.autocast named without a call (`partial(torch.cuda.amp.autocast, ...)`)."""
+        p = self.parent.get(n)
+        if isinstance(p, ast.Call) and p.func is n or isinstance(p, ast.Attribute) and p.value is n:
+            return False
+        return self.names.qualify(n) in ("torch.cuda.amp.autocast", "torch.cuda.amp.autocast_mode.autocast")
 
     def _import(self, node: ast.AST, module: str) -> None:
         root = module.split(".")[0]
@@ -931,6 +968,138 @@ class _Analysis:
             child = a
         return False
 
+    # -- is_available() / device_count() as cuda-api widens them --------------------------------------
+    def _guard_verdict(self, call: ast.Call, name: str) -> str | None:
+        """None where cuda-api widens this predicate (an if-test whose guarded code follows the device, a
+        negated test that only falls back to cpu, a count only printed), else why it is a decision.
+        cuda-api's own rules (porter/transforms/cuda_api.py), read on the upstream code with
+        hardcoded-device's rewrites done (the generic steps run it first)."""
+        child: ast.AST = call
+        negated = False
+        while True:
+            p = self.parent.get(child)
+            if isinstance(p, ast.BoolOp):
+                child = p
+            elif isinstance(p, ast.UnaryOp) and isinstance(p.op, ast.Not):
+                negated, child = not negated, p
+            elif name == "device_count" and isinstance(p, ast.Compare) and p.left is child and len(p.ops) == 1 \
+                    and isinstance(p.ops[0], (ast.Gt, ast.GtE)):
+                child = p
+            else:
+                break
+        if name == "device_count" and child is call and self._informational(call):
+            return None
+        if not (isinstance(p, (ast.If, ast.IfExp)) and p.test is child):
+            return f"torch.cuda.{name}() outside an if-test: code often turns the answer into a CUDA device or flag"
+        if negated:
+            return None if self._falls_back(p, child, call) else (
+                f"`not torch.cuda.{name}()` gates the code after it (a CUDA-required check?)")
+        if isinstance(p, ast.IfExp) and _is_cuda_literal(p.body):
+            return "a device choice on it: hardcoded-device's"
+        blocker = self._blocker([p.body] if isinstance(p, ast.IfExp) else list(p.body))
+        return None if blocker is None else f"the guarded code {blocker}"
+
+    def _informational(self, node: ast.AST) -> bool:
+        child = node
+        while True:
+            p = self.parent.get(child)
+            if isinstance(p, (ast.FormattedValue, ast.JoinedStr)):
+                return True
+            if isinstance(p, (ast.keyword, ast.BinOp)):
+                child = p
+                continue
+            if isinstance(p, ast.Call) and child is not p.func:
+                return self._informational_call(p)
+            return False
+
+    @staticmethod
+    def _informational_call(call: ast.Call) -> bool:
+        func = call.func
+        if isinstance(func, ast.Name):
+            return func.id == "print"
+        return isinstance(func, ast.Attribute) and func.attr in _LOGGING
+
+    def _falls_back(self, branch: ast.AST, test: ast.AST, call: ast.Call) -> bool:
+        """`if not torch.cuda.is_available(): device = "cpu"` (and a log line): only falls back."""
+        if not (isinstance(branch, ast.If) and isinstance(test, ast.UnaryOp) and test.operand is call):
+            return False
+        assigned = False
+        for stmt in branch.body:
+            if isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant) \
+                    and isinstance(stmt.value.value, (str, bytes)):
+                value = stmt.value.value
+                if not isinstance(value, str) or value.split(":")[0] not in _FALLBACK_DEVICES:
+                    return False
+                assigned = True
+            elif not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)
+                      and self._informational_call(stmt.value)):
+                return False
+        return assigned and (not branch.orelse or self._blocker(list(branch.orelse)) is None)
+
+    def _cuda_name(self, node: ast.AST) -> str | None:
+        q = self.names.qualify(node) or ""
+        if not q.startswith("torch.cuda."):
+            return None
+        rest = q[len("torch.cuda."):].split(".")
+        if len(rest) == 2 and rest[0] in ("memory", "random", "streams"):
+            rest = rest[1:]
+        return ".".join(rest)
+
+    @staticmethod
+    def _cuda_why_not(name: str) -> bool:
+        """torch.cuda.<name> is one cuda-api leaves (no npu counterpart, left by default, legacy type)."""
+        return "." in name or name == "get_device_capability" or name.endswith(("Tensor", "Storage")) \
+            or not _has_npu_counterpart(name)
+
+    def _hardcoded_rewrite_at(self, line: int) -> bool:
+        return any(s.category == "hardcoded_device" and s.action == "rewrite" and s.line <= line <= s.end_line
+                   for s in self.sites)
+
+    def _blocker(self, region: list[ast.AST]) -> str | None:
+        """Why code guarded by is_available() might not work on npu, or None when it follows the device."""
+        stack = list(reversed(region))
+        while stack:
+            node = stack.pop()
+            if isinstance(node, ast.IfExp) and _porter_test(node.test):
+                continue  # porter's own choice
+            stack.extend(reversed(list(ast.iter_child_nodes(node))))
+            line = getattr(node, "lineno", 0)
+            if _is_cuda_literal(node) and not self._hardcoded_rewrite_at(line):
+                return f"hard-codes a CUDA device (line {line})"
+            if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                return f"imports or defines something (line {line})"
+            if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)) and _flag(node):
+                return f"sets a flag that later code may read as 'CUDA is present' (line {line})"
+            if isinstance(node, (ast.Attribute, ast.Name)):
+                name = self._cuda_name(node)
+                p = self.parent.get(node)
+                outermost = not (isinstance(p, ast.Attribute) and p.value is node)
+                if name and outermost and name.split(".")[0] not in _CUDA_OWNED_ELSEWHERE and self._cuda_why_not(name):
+                    return f"uses torch.cuda.{name} (line {line})"
+            if isinstance(node, ast.Call) and not self._safe_call(node):
+                return f"calls {ast.unparse(node.func)}() (line {line}), which porter cannot vouch for on npu"
+        return None
+
+    def _safe_call(self, call: ast.Call) -> bool:
+        func = call.func
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Call) \
+                and isinstance(func.value.func, ast.Name) and func.value.func.id.startswith("_porter_"):
+            return True
+        if isinstance(func, ast.Name) and func.id.startswith("_porter_"):
+            return True
+        name = self._cuda_name(func)
+        if name is not None:
+            return name.split(".")[0] in _CUDA_OWNED_ELSEWHERE or not self._cuda_why_not(name)
+        q = self.names.qualify(func)
+        if q:
+            return q in _SAFE_TORCH or (q.startswith("torch.") and q[len("torch."):] in _torch_factories()) or (
+                q.rsplit(".", 1)[-1] in _LOGGING and q.split(".")[0] in _LOGGERS)
+        if isinstance(func, ast.Name):
+            return func.id in _BUILTINS
+        if isinstance(func, ast.Attribute):
+            return func.attr in _SAFE_METHODS
+        return False
+
     def _early_exit(self, node: ast.Call) -> None:
         """`if not torch.cuda.is_available() [or ...]: return`: cuda-api leaves a negated guard for a
         decision, so the code after it is only reachable on CUDA."""
@@ -1006,18 +1175,22 @@ class _Analysis:
         elif name in ("sdp_kernel", "sdpa_kernel", "enable_flash_sdp"):
             self.add(node, "attention_backend", "rewrite", "attention-fallback",
                      "SDPA kernel selection: npu gets the math/SDPA path", kind="call")
-        elif "amp" in rest.split("."):
+        elif "amp" in rest.split(".") and name in _AMP_TRAINING:
+            self.add(node, "autocast", "decision", "autocast-device",
+                     f"torch.cuda.amp.{name} is for training: porter ports inference and leaves it", kind="training")
+        elif "amp" in rest.split(".") and name == "autocast":
             self.add(node, "autocast", "rewrite", "autocast-device", "torch.cuda.amp: follows the device",
                      kind="call")
+        elif "amp" in rest.split("."):
+            self.add(node, "autocast", "decision", "autocast-device",
+                     f"{q}: autocast-device rewrites only torch.cuda.amp.autocast", kind="call")
         elif name == "mem_get_info":
             self.add(node, "cuda_api", "rewrite", "mem-get-info", "free/total memory answered on npu", kind="call")
         elif name in ("is_available", "device_count") and self._predicate(node):
             pass
         elif name in ("is_available", "device_count"):
             self._early_exit(node)
-            self.add(node, "cuda_api", "decision", "cuda-api",
-                     "False/0 on npu: CUDA-only work is skipped there; cuda-api widens it only where the guarded "
-                     "code follows the device", kind="predicate")
+            self.predicates.append((node, name))  # judged once the walk has found hardcoded-device's sites
         elif name in ("get_device_capability",) or name == "get_device_properties" and (
                 isinstance(self.parent.get(node), ast.Attribute)
                 and self.parent[node].attr in _CUDA_ONLY_ATTRS  # type: ignore[attr-defined]
@@ -1035,6 +1208,31 @@ class _Analysis:
         else:
             self.add(node, "cuda_api", "decision", "cuda-api",
                      f"{q} has no npu counterpart in torch_npu's transfer_to_npu", kind="call")
+
+
+def _flag(node: ast.Assign | ast.AugAssign | ast.AnnAssign) -> bool:
+    """`use_gpu = True`, `n_gpu = 1`: a bool, or a number stored under a device-like name."""
+    value = node.value
+    if isinstance(value, ast.Constant) and isinstance(value.value, bool):
+        return True
+    if not (isinstance(value, ast.Constant) and isinstance(value.value, int) and not isinstance(value.value, bool)):
+        return False
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+    words: set[str] = set()
+    for t in targets:
+        for n in ast.walk(t):
+            if isinstance(n, ast.Name):
+                words.update(w for w in re.split(r"[_\W]+", n.id.lower()) if w)
+    return bool(words & _DEVICE_WORDS)
+
+
+@functools.lru_cache(maxsize=1)
+def _torch_factories() -> frozenset[str]:
+    """torch functions that take a device argument (transfer_to_npu's table): safe under a guard."""
+    import json
+
+    raw = json.loads((Path(__file__).resolve().parent / "data" / "torch_npu_transfer-2.14.0.json").read_text())
+    return frozenset(raw.get("device_argument_functions", {}).get("torch", ()))
 
 
 @functools.lru_cache(maxsize=1)
