@@ -86,6 +86,12 @@ _MESSAGE_CUDA = re.compile(r"\bcuda\b|\bgpu\b|nvidia", re.I)
 
 
 # cuda-api's rules for widening a torch.cuda.is_available()/device_count() guard (it imports them).
+# hardcoded-device's device names and command-line option calls (it imports them)
+DEVICE_NAMES = r"(?i)^_*([a-z0-9]+_)*devices?(_map|_id|_ids)?$|^map_location$"
+_DEVICE_NAME = re.compile(DEVICE_NAMES)
+CLI_OPTION = {"add_argument", "option", "Option"}
+_SDP_KERNEL_PARAMS = ("enable_flash", "enable_math", "enable_mem_efficient", "enable_cudnn")
+_IMPORT_CATCHERS = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
 _AMP_TRAINING = {"GradScaler", "custom_fwd", "custom_bwd"}  # autocast-device leaves these (training)
 _CUDA_OWNED_ELSEWHERE = {"mem_get_info", "amp", "graph", "graphs", "CUDAGraph", "make_graphed_callables",
                          "graph_pool_handle", "is_current_stream_capturing"}
@@ -818,6 +824,67 @@ class _Analysis:
         elif isinstance(n, ast.Call):
             self._call(n)
 
+    def _sdpa_context(self, node: ast.Call, legacy: bool) -> None:
+        """An SDPA kernel context, as attention-fallback reads it: rewritten where it turns the math kernel
+        off (only CUDA's fused kernels left), harmless where math stays on, a decision where unreadable."""
+        p = self.parent.get(node)
+        if isinstance(p, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node in p.decorator_list:
+            restricts: bool | None = None
+        elif any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
+            restricts = None
+        elif legacy:
+            values = {k.arg: k.value for k in node.keywords}
+            values.update({_SDP_KERNEL_PARAMS[i]: a for i, a in enumerate(node.args[:4])})
+            if "enable_math" not in values:
+                restricts = False
+            else:
+                try:
+                    restricts = not ast.literal_eval(values["enable_math"])
+                except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                    restricts = None
+        else:
+            backends = next((a for a in node.args[:1]), None) or next(
+                (k.value for k in node.keywords if k.arg == "backends"), None)
+            items = backends.elts if isinstance(backends, (ast.List, ast.Tuple)) else [backends]
+            names = [(self.names.qualify(i) or _dotted(i) or "") if i is not None else "" for i in items]
+            members = [n.rsplit(".", 1)[-1] for n in names if "SDPBackend." in n]
+            restricts = None if backends is None or len(members) != len(items) else "MATH" not in members
+        if restricts is None:
+            self.add(node, "attention_backend", "decision", "attention-fallback",
+                     "SDPA kernel context porter cannot read (or a decorator): if it turns the math kernel off it "
+                     "may fail on npu", kind="sdpa-context")
+        elif restricts:
+            self.add(node, "attention_backend", "rewrite", "attention-fallback",
+                     "SDPA kernel selection with the math kernel off: npu gets the math/SDPA path", kind="call")
+        else:
+            self.add(node, "attention_backend", "keep", "attention-fallback",
+                     "harmless: the SDPA kernel context keeps the math kernel, so it works on any device",
+                     kind="sdpa-context")
+
+    def _flash_import_guard(self, node: ast.AST) -> str:
+        """Where a flash_attn import sits, as attention-fallback reads it: "function", "guarded" (an `if`
+        or a try catching ImportError), "reraises", or "unguarded"."""
+        child = node
+        for a in self.ancestors(node):
+            if isinstance(a, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                return "function"
+            if isinstance(a, ast.If):
+                return "guarded"
+            if isinstance(a, ast.Try) and child in a.body:
+                for h in a.handlers:
+                    types = [] if h.type is None else (h.type.elts if isinstance(h.type, ast.Tuple) else [h.type])
+                    if h.type is None or any((_dotted(t) or "").rsplit(".", 1)[-1] in _IMPORT_CATCHERS for t in types):
+                        return "reraises" if h.body and isinstance(h.body[-1], ast.Raise) else "guarded"
+            child = a
+        return "unguarded"
+
+    def _shares_line(self, node: ast.AST) -> bool:
+        p = self.parent.get(node)
+        block = next((getattr(p, f) for f in ("body", "orelse", "finalbody")
+                      if isinstance(getattr(p, f, None), list) and node in getattr(p, f)), [])
+        return any(s is not node and s.lineno <= node.lineno <= (s.end_lineno or s.lineno)
+                   or s is not node and node.lineno <= s.lineno <= (node.end_lineno or node.lineno) for s in block)
+
     def _amp_reference(self, n: ast.AST) -> bool:
         """torch.cuda.amp.autocast named without a call (`partial(torch.cuda.amp.autocast, ...)`)."""
         p = self.parent.get(n)
@@ -836,9 +903,24 @@ class _Analysis:
             return
         category = "attention_backend" if root in ("flash_attn",) else (
             "custom_kernel" if root in ("triton",) else "cuda_only_import")
-        if node in self.optional:
+        guard = self._flash_import_guard(node) if root == "flash_attn" else ""
+        if node in self.optional and guard != "reraises":
             self.add(node, category, "keep", "guard-import",
                      "harmless: an optional import inside try/except, the module imports without it", kind="import")
+        elif guard == "reraises":
+            self.add(node, category, "decision", "attention-fallback",
+                     "flash_attn import whose except clause re-raises: the module cannot import on npu; guarding it "
+                     "would move the failure on CUDA hosts from import time to call time", kind="import")
+        elif guard in ("function", "guarded"):
+            self.add(node, category, "keep", "attention-fallback",
+                     "harmless: " + ("a lazy import, run only on the flash-attention path" if guard == "function"
+                                     else "imported only where an `if` says flash-attention is available"),
+                     kind="import")
+        elif root == "flash_attn" and (isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names)
+                                       or self._shares_line(node)):
+            self.add(node, category, "decision", "attention-fallback",
+                     "flash_attn import attention-fallback cannot guard name by name (`import *`, or a line shared "
+                     "with other statements)", kind="import")
         elif root == "flash_attn":
             self.add(node, category, "rewrite", "attention-fallback",
                      "flash_attn has no npu build: attention-fallback makes the import optional on npu", kind="import")
@@ -884,6 +966,8 @@ class _Analysis:
                 and not node.keywords:
             self.add(node, "autocast", "rewrite", "autocast-device", f"{q}() reads CUDA's autocast state",
                      kind="call")
+        elif q in ("torch.nn.attention.sdpa_kernel",):
+            self._sdpa_context(node, legacy=False)
         elif q.startswith("torch.utils.cpp_extension.") or q.startswith("triton."):
             self.add(node, "custom_kernel", "decision", "",
                      "builds or runs a custom CUDA kernel: no npu build; the caller needs an npu path", kind="call")
@@ -894,6 +978,13 @@ class _Analysis:
                 node.args[0]) is not None and _CUDA.match(_str(node.args[0]) or ""):
             self.add(node.args[0], "hardcoded_device", "rewrite", "hardcoded-device",
                      '.to("cuda"): moves to the accelerator in use (npu where available)', kind="to")
+        last = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        if last in CLI_OPTION and any((_str(a) or "").startswith("-") and _DEVICE_NAME.match(
+                (_str(a) or "").lstrip("-").replace("-", "_")) for a in node.args):
+            for k in node.keywords:
+                if k.arg == "default" and _is_cuda_literal(k.value):
+                    self.add(k.value, "hardcoded_device", "rewrite", "hardcoded-device",
+                             "the default of a --device command-line option: becomes a run-time choice", kind="cli")
         if q == "torch.device" and node.args and _is_cuda_literal(node.args[0]):
             self.add(node, "hardcoded_device", "rewrite", "hardcoded-device",
                      "torch.device(\"cuda\"): becomes a run-time choice", kind="call")
@@ -1172,9 +1263,11 @@ class _Analysis:
             self.add(node, "compile", action, "compile-bypass",
                      "CUDA-graph capture: stays off on npu only behind a device gate; check its callers"
                      if action == "decision" else "make_graphed_callables: kept off on npu", kind="call")
-        elif name in ("sdp_kernel", "sdpa_kernel", "enable_flash_sdp"):
-            self.add(node, "attention_backend", "rewrite", "attention-fallback",
-                     "SDPA kernel selection: npu gets the math/SDPA path", kind="call")
+        elif name in ("sdp_kernel", "sdpa_kernel"):
+            self._sdpa_context(node, legacy=name == "sdp_kernel")
+        elif name == "enable_flash_sdp":
+            self.add(node, "attention_backend", "keep", "attention-fallback",
+                     "harmless: a switch of CUDA's SDPA kernels, which npu does not read", kind="call")
         elif "amp" in rest.split(".") and name in _AMP_TRAINING:
             self.add(node, "autocast", "decision", "autocast-device",
                      f"torch.cuda.amp.{name} is for training: porter ports inference and leaves it", kind="training")

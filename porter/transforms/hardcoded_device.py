@@ -8,7 +8,7 @@ import re
 import libcst as cst
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from porter.analysis import cuda_only_gate, foreign_device, has_cuda_only_paths
+from porter.analysis import CLI_OPTION, DEVICE_NAMES, cuda_only_gate, foreign_device, has_cuda_only_paths
 from porter.transforms._base import Example, PythonTransform, Rewriter, Safety, walk
 from porter.transforms._npu_runtime import (
     CUDA_OR_NPU,
@@ -28,13 +28,12 @@ from porter.transforms._npu_runtime import (
 )
 from porter.transforms._torch_npu_data import check_version, load
 
-DEVICE_NAMES = r"(?i)^_*([a-z0-9]+_)*devices?(_map|_id|_ids)?$|^map_location$"
 # torch functions whose positional argument N is a device (torch.load: map_location).
 _POSITIONAL = {"torch.device": 0, "torch.Generator": 0, "torch.set_default_device": 0, "torch.load": 1}
 # String methods: a "cuda" argument there is string handling (widen-device-check's business).
 _STR_METHODS = {"startswith", "endswith", "replace", "split", "rsplit", "partition", "find", "index",
                 "count", "strip", "lstrip", "rstrip", "removeprefix", "removesuffix"}
-_CLI_OPTION = {"add_argument", "option", "Option"}
+_CLI_OPTION = CLI_OPTION
 
 
 R_CUDA_ONLY = "harmless: only reachable on CUDA, behind the gate at line {line} that stays CUDA-only; left alone"
