@@ -55,7 +55,6 @@ _CUDA_CPU_ONLY_LIBS = ("faster_whisper", "ctranslate2")  # take device="cuda"/"c
 _NO_NPU_BUILD = ("flash_attn", "xformers", "exllamav2")  # CUDA kernels only: never import on an npu host
 _FLASH_MODULES = ("flash_attn", "xformers", "transformer_engine", "vllm")
 _CUDA = re.compile(r"^cuda(:\d+)?$")
-_DEVICE_KWARGS = {"device", "map_location", "device_map", "device_type", "default_device"}
 _ATTN_KEY = re.compile(r"(?:^|_)attn_implementation$")
 # attention implementations (transformers' attn_implementation values; attention-fallback's)
 _IMPLEMENTATIONS = frozenset({"eager", "sdpa", "flex_attention", "paged_attention", "flash_attention_2",
@@ -90,6 +89,7 @@ _MESSAGE_CUDA = re.compile(r"\bcuda\b|\bgpu\b|nvidia", re.I)
 DEVICE_NAMES = r"(?i)^_*([a-z0-9]+_)*devices?(_map|_id|_ids)?$|^map_location$"
 _DEVICE_NAME = re.compile(DEVICE_NAMES)
 CLI_OPTION = {"add_argument", "option", "Option"}
+_POSITIONAL_DEVICE = {"torch.Generator": 0, "torch.set_default_device": 0, "torch.load": 1}  # torch.device: below
 _SDP_KERNEL_PARAMS = ("enable_flash", "enable_math", "enable_mem_efficient", "enable_cudnn")
 _IMPORT_CATCHERS = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
 _AMP_TRAINING = {"GradScaler", "custom_fwd", "custom_bwd"}  # autocast-device leaves these (training)
@@ -230,6 +230,7 @@ class _Analysis:
         self.props_names = self._props_names()
         self.kept_paths: list[tuple[int, int, int]] = []  # (first, last, gate line) only CUDA reaches
         self.optional = self._optional_imports()
+        self._defs: dict[str, list[str] | None] | None = None
         self.predicates: list[tuple[ast.Call, str]] = []  # is_available()/device_count() judged after the walk
 
     # -- helpers ------------------------------------------------------------------------------------
@@ -824,6 +825,21 @@ class _Analysis:
         elif isinstance(n, ast.Call):
             self._call(n)
 
+    def _local_params(self, func: ast.AST) -> list[str]:
+        """Positional parameters of the one function of that name this module defines (hardcoded-device's
+        rule: `Tokenizer.load_from_checkpoint(path, "cuda")`), without self/cls for a method call."""
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        if self._defs is None:
+            self._defs = {}
+            for f in self.nodes:
+                if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    args = [a.arg for a in f.args.posonlyargs + f.args.args]
+                    self._defs[f.name] = None if f.name in self._defs else args
+        params = self._defs.get(name or "") or []
+        if isinstance(func, ast.Attribute) and params[:1] in (["self"], ["cls"]):
+            params = params[1:]
+        return params
+
     def _sdpa_context(self, node: ast.Call, legacy: bool) -> None:
         """An SDPA kernel context, as attention-fallback reads it: rewritten where it turns the math kernel
         off (only CUDA's fused kernels left), harmless where math stays on, a decision where unreadable."""
@@ -978,6 +994,14 @@ class _Analysis:
                 node.args[0]) is not None and _CUDA.match(_str(node.args[0]) or ""):
             self.add(node.args[0], "hardcoded_device", "rewrite", "hardcoded-device",
                      '.to("cuda"): moves to the accelerator in use (npu where available)', kind="to")
+        positional = [a for a in node.args if not isinstance(a, ast.Starred)]
+        params = self._local_params(node.func)
+        for i, a in enumerate(positional):
+            if (i < len(params) and _DEVICE_NAME.match(params[i]) or _POSITIONAL_DEVICE.get(q) == i) \
+                    and _is_cuda_literal(a):
+                self.add(a, "hardcoded_device", "rewrite", "hardcoded-device",
+                         f"a CUDA device passed as {params[i] if i < len(params) else 'the device'} of {q or text}(): "
+                         "becomes a run-time choice", kind="argument")
         last = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
         if last in CLI_OPTION and any((_str(a) or "").startswith("-") and _DEVICE_NAME.match(
                 (_str(a) or "").lstrip("-").replace("-", "_")) for a in node.args):
@@ -989,8 +1013,13 @@ class _Analysis:
             self.add(node, "hardcoded_device", "rewrite", "hardcoded-device",
                      "torch.device(\"cuda\"): becomes a run-time choice", kind="call")
         for k in node.keywords:
-            if k.arg in _DEVICE_KWARGS and _is_cuda_literal(k.value) and q not in ("torch.autocast",
-                                                                                  "torch.amp.autocast"):
+            if k.arg == "device_type" and _is_cuda_literal(k.value) and q not in ("torch.autocast",
+                                                                                 "torch.amp.autocast"):
+                self.add(k.value, "autocast", "decision", "autocast-device",
+                         "device_type= a CUDA device outside a torch.autocast call (a partial, a wrapper): "
+                         "autocast-device does not follow it, so on npu that region runs without autocast",
+                         kind="keyword")
+            elif k.arg and _DEVICE_NAME.match(k.arg) and _is_cuda_literal(k.value):
                 self.add(k.value, "hardcoded_device", "rewrite", "hardcoded-device",
                          f"{k.arg}= a CUDA device: becomes a run-time choice", kind="keyword")
             if _str(k.value) == "nccl":
@@ -1178,6 +1207,9 @@ class _Analysis:
             return True
         if isinstance(func, ast.Name) and func.id.startswith("_porter_"):
             return True
+        if any(s.category == "hardcoded_device" and s.action == "rewrite" and s.kind == "method"
+               and s.anchor_line == call.lineno and s.col == self.col(call) for s in self.sites):
+            return True  # `.cuda()`: hardcoded-device (run first) routes it through porter's helper
         name = self._cuda_name(func)
         if name is not None:
             return name.split(".")[0] in _CUDA_OWNED_ELSEWHERE or not self._cuda_why_not(name)

@@ -239,8 +239,15 @@ def scan_apply_disagreements(source: Path, work: Path) -> set[str]:
             out.add(f"{at}: its step left it alone")
         elif s["action"] == "keep" and s["transform"] in by:
             out.add(f"{at}: changed by its owner")
-        elif s["action"] == "decision" and changed.get((s["file"], s["anchor_line"])):
-            out.add(f"{at}: changed by {sorted(changed[(s['file'], s['anchor_line'])])}")
+        elif s["action"] == "decision":
+            # a change on its line that a rewrite site of the same transform there accounts for is not it
+            # (`if torch.cuda.is_available() and torch.cuda.is_bf16_supported():` keeps the first call)
+            line = s["anchor_line"]
+            by = {t for t in changed.get((s["file"], line), set()) if not any(
+                r["file"] == s["file"] and r["line"] <= line <= r["end_line"] and r["action"] == "rewrite"
+                and r["transform"] == t for r in sites)}
+            if by:
+                out.add(f"{at}: changed by {sorted(by)}")
     return out
 
 
