@@ -424,6 +424,8 @@ class _Analysis:
             return
         verdict = self._judge(node, positive)
         category, action, transform, reason, context = verdict
+        if category == "attention_backend" and "falls back to sdpa" in reason:
+            kind = "flash-selector"  # only attention-fallback may widen it: it also sends the value to sdpa
         self.add(node, category, action, transform, reason, context, kind, anchor)
 
     def _judge(self, node: ast.AST, positive: bool) -> tuple[str, str, str, str, str]:

@@ -652,3 +652,35 @@ def test_a_device_for_a_library_without_npu_is_left_alone():
     assert '    device = "cuda" if torch.cuda.is_available() else "cpu"' in lines  # for faster-whisper
     assert out.text.count('"npu" if _porter_npu_available() else') == 1  # torch.load's device follows npu
     assert any(f.line == 6 and "faster_whisper.WhisperModel" in f.reason for f in out.findings)
+
+
+# -- an attention selector belongs to attention-fallback; a device choice to hardcoded-device ---------
+SELECTORS = (
+    "def pick(device):\n"
+    '    return "sdpa" if device.type == "cuda" else "eager"\n'
+    "\n\n"
+    "def pick_flash(device):\n"
+    '    return "flash_attention_2" if device.type == "cuda" else "eager"\n'
+)
+
+
+def test_a_flash_selector_is_widened_only_by_attention_fallback():
+    """Widened alone, `"flash_attention_2" if d.type == "cuda"` would send npu to flash_attn (no npu
+    build): widen-device-check leaves it; attention-fallback widens it and sends the value to sdpa."""
+    plain, flash = sites(SELECTORS, 2)[0], sites(SELECTORS, 6)[0]
+    assert (plain.category, plain.action, plain.transform) == ("attention_backend", "rewrite", "attention-fallback")
+    assert (flash.transform, flash.kind) == ("attention-fallback", "flash-selector")
+    widened = run("widen-device-check", SELECTORS).text
+    assert 'if device.type in ("cuda", "npu") else "eager"' in widened.splitlines()[1]
+    assert widened.splitlines()[5] == SELECTORS.splitlines()[5]
+    fallback = run("attention-fallback", SELECTORS).text
+    assert ('return _porter_flash_attention_or_fallback("flash_attention_2") if device.type in ("cuda", "npu") '
+            'else "eager"') in fallback
+
+
+def test_a_device_choice_on_is_available_is_one_hardcoded_device_site():
+    text = 'import torch\n\ndevice = "cuda" if torch.cuda.is_available() else "cpu"\n'
+    [site] = sites(text, 3)
+    assert (site.category, site.action, site.transform, site.kind) == (
+        "hardcoded_device", "rewrite", "hardcoded-device", "choice")
+    assert run("hardcoded-device", text).text != text

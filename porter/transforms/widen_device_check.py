@@ -42,14 +42,16 @@ class _Widen(Rewriter):
         a compile or kernel gate, a comparison paired with a CUDA-only property, a branch that asserts
         CUDA or needs CUDA-only state. Kept sites this transform owns become findings."""
         assert self.source is not None
-        kept = has_sites(self.ctx.path, self.source, _DEVICE_CATEGORIES)
+        kept = has_sites(self.ctx.path, self.source, _DEVICE_CATEGORIES) or has_sites(
+            self.ctx.path, self.source, ("attention_backend",), ("rewrite",))  # a flash selector, maybe
         if kept is False:
             return False  # every device check in this file is a rewrite: no position lookup needed
         site = None if kept is None else self._site(anchor if anchor is not None else node)
         if site is None:  # ast could not read the file (newer syntax): the libcst gate definitions
             return self.params.skip_compile_gates and enclosing_gate(node, self.parent) is not None
         if site.action == "rewrite":
-            return False
+            # a flash selector widened alone would send npu to flash_attention_2: attention-fallback's
+            return site.kind == "flash-selector"
         if site.category in ("compile_gate", "kernel_gate") and not self.params.skip_compile_gates:
             return False
         if site.transform == self.transform.name:
