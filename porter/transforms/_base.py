@@ -30,6 +30,7 @@ from libcst.metadata import (
 )
 from pydantic import BaseModel, ConfigDict
 
+from porter.analysis import site_owners
 from porter.resolve import Resolver
 
 
@@ -116,6 +117,16 @@ class Context:
 
 
 HELPER_PREFIX = "_porter_"
+# Transforms whose every change and finding, with their default parameters, is at a site that
+# porter.analysis reports as theirs (`Site.transform`): the engine runs them (libcst parse and
+# visit) only on files where the analysis finds such a site, an `ast` pass instead of a libcst one.
+# tests/test_site_owners.py holds each of them to it on its examples and on real packages. Not
+# here: transforms that react to what earlier steps wrote (import-order), recipe-specific edits,
+# the import movers (their sites are any import a recipe names), and, until the analysis reports
+# every construct they touch, attention-fallback (selector comparisons, `import flash_attn` that
+# re-raises), autocast-device (`x.device.type` as device_type) and hardcoded-device (device-map
+# dicts, CLI defaults, device getters): their examples show the gaps (tests/test_site_owners.py).
+SITE_OWNERS = frozenset({"compile-bypass", "cuda-api", "mem-get-info", "widen-device-check"})
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 REGISTRY: dict[str, type["Transform"]] = {}
 
@@ -157,11 +168,96 @@ class Transform:
         return (cls.__doc__ or "").strip().splitlines()[0]
 
     def could_match(self, text: str) -> bool:
-        return self.prefilter is None or bool(self.prefilter.search(text))
+        return self.prefilter is None or prefilter_search(self.prefilter, text)
+
+    def acts_on(self, path: str, text: str) -> bool:
+        """False only when this transform certainly neither changes nor reports anything in `text`:
+        it acts only at its own sites (SITE_OWNERS, default parameters) and the analysis finds none."""
+        if self.name not in SITE_OWNERS or self.params != _default_params(type(self)):
+            return True
+        owners = site_owners(path, text)
+        return owners is None or self.name in owners
 
     def apply(self, text: str, ctx: Context) -> Outcome:
         """Rewrite `text`; raise only for text this transform cannot read (the engine reports it)."""
         raise NotImplementedError
+
+
+def prefilter_search(pattern: re.Pattern[str], text: str) -> bool:
+    """`bool(pattern.search(text))`, fast. A pattern such as `\\bcuda\\b` gives `re` no literal to
+    skip ahead with, so `search` tries every position of the file (~1 ms per 10 kB here, paid for
+    each step on each file). Where every match must start with one of a few literals, only the
+    places `str.find` finds them are tried (`match` at a position still sees the character before
+    it, for `\\b`); other patterns are searched as they are."""
+    starts = _literal_starts(pattern)
+    if starts is None:
+        return pattern.search(text) is not None
+    match, find = pattern.match, text.find
+    for literal in starts:
+        at = find(literal)
+        while at >= 0:
+            if match(text, at) is not None:
+                return True
+            at = find(literal, at + 1)
+    return False
+
+
+@functools.lru_cache(maxsize=None)
+def _literal_starts(pattern: re.Pattern[str]) -> tuple[str, ...] | None:
+    """Literals one of which every match of `pattern` starts with; None when there are none to use."""
+    if pattern.flags & (re.IGNORECASE | re.VERBOSE) or not isinstance(pattern.pattern, str):
+        return None
+    try:
+        from re import _parser  # the parser `re` itself uses (sre_parse before Python 3.11)
+    except ImportError:  # pragma: no cover - Python 3.10
+        import sre_parse as _parser  # type: ignore[no-redef]
+    try:
+        starts, _ = _sequence_starts(list(_parser.parse(pattern.pattern, pattern.flags & ~re.UNICODE)), _parser)
+    except Exception:  # an unfamiliar parse tree: search as before
+        return None
+    if starts is None or "" in starts or len(starts) > 32:
+        return None
+    return tuple(sorted(s for s in starts if not any(s != t and s.startswith(t) for t in starts)))
+
+
+def _sequence_starts(items: list[Any], p: Any) -> tuple[set[str] | None, bool]:
+    """(prefixes every match of `items` starts with, whether a match is exactly one of them)."""
+    prefixes = {""}
+    for op, av in items:
+        if op is p.AT:  # zero-width (\b, ^): consumes nothing
+            continue
+        if op is p.LITERAL:
+            part, whole = {chr(av)}, True
+        elif op is p.IN and av and all(o is p.LITERAL for o, _ in av):
+            part, whole = {chr(c) for _, c in av}, True
+        elif op is p.SUBPATTERN and not av[1] and not av[2]:
+            part, whole = _sequence_starts(list(av[3]), p)
+        elif op is p.BRANCH:
+            part, whole = set(), True
+            for alt in av[1]:
+                found, alt_whole = _sequence_starts(list(alt), p)
+                if found is None:
+                    return prefixes, False
+                part |= found
+                whole = whole and alt_whole
+        else:  # repeats, classes, groups with flags ...: the literal prefix ends here
+            return prefixes, False
+        if part is None:
+            return prefixes, False
+        prefixes = {a + b for a in prefixes for b in part}
+        if len(prefixes) > 32:
+            return None, False
+        if not whole:
+            return prefixes, False
+    return prefixes, True
+
+
+@functools.lru_cache(maxsize=None)
+def _default_params(cls: type[Transform]) -> BaseModel | None:
+    try:
+        return cls.Params()
+    except Exception:  # required parameters: there is no default to compare with
+        return None
 
 
 class TextTransform(Transform, abstract=True):
