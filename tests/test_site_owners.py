@@ -58,9 +58,9 @@ def test_the_gate_skips_libcst_for_a_file_without_sites(monkeypatch):
     real = libcst.parse_module
     monkeypatch.setattr(libcst, "parse_module", lambda *a, **k: calls.append(1) or real(*a, **k))
     steps = tuple(StepPlan(index=i, transform=all_transforms()[n](), files=("**/*.py",))
-                  for i, n in enumerate(("cuda-api", "compile-bypass", "widen-device-check"), 1))
+                  for i, n in enumerate(("cuda-api", "mem-get-info", "widen-device-check"), 1))
     # "cuda" passes the text pre-filters, but nothing here is a CUDA site
-    quiet = 'NAME = "cuda"  # compiled docs\n# cuda is mentioned in a comment\n'
+    quiet = 'NAME = "cuda"  # mem_get_info docs\n# cuda is mentioned in a comment\n'
     assert rewrite_file("m.py", quiet.encode(), steps).status == "unchanged"
     assert calls == []
     busy = 'import torch\nif x.device.type == "cuda":\n    pass\n'
@@ -100,3 +100,37 @@ def test_literal_starts():
     assert _literal_starts(re.compile(r"""["']cuda(:\d+)?["']|is_cuda""")) == ('"cuda', "'cuda", "is_cuda")
     assert _literal_starts(re.compile(r"a+b")) is None  # no literal every match starts with
     assert _literal_starts(re.compile(r"(?i)cuda")) is None
+
+
+@pytest.mark.parametrize("path", [Path(__file__).parent / "fixtures/ming_omni_tts/upstream/modeling_bailing_moe.py",
+                                  Path(__file__).parents[1] / "porter/transforms/_base.py"], ids=lambda p: p.name)
+def test_expression_positions_read_off_the_text_are_libcst_positions(path):
+    """Rewriter.meta(PositionProvider, expression) answers from the text where certain."""
+    import libcst as cst
+    from libcst.metadata import MetadataWrapper, PositionProvider
+
+    from porter.transforms._base import _range_in_text
+
+    source = path.read_text(encoding="utf-8")
+    module = cst.parse_module(source)
+    positions = MetadataWrapper(module, unsafe_skip_copy=True).resolve(PositionProvider)
+    parents: dict = {}
+    stack = [module]
+    while stack:
+        node = stack.pop()
+        for child in node.children:
+            parents[child] = node
+            stack.append(child)
+    asked = answered = 0
+    for node, pos in positions.items():
+        if isinstance(node, cst.BaseExpression):
+            asked += 1
+            found = _range_in_text(source, module, node, parents, {})
+            if found is not None:
+                answered += 1
+                assert found == pos, module.code_for_node(node)[:80]
+    assert answered > asked / 2, f"only {answered} of {asked} expressions found in the text"
+    # characters libcst drops or reads as line ends: never answered from the text
+    odd = "x = 1\r" + source
+    assert all(_range_in_text(odd, cst.parse_module(odd), n, {}, {}) is None
+               for n in (cst.parse_module(odd).body[0].body[0].value,))

@@ -24,6 +24,8 @@ from typing import Any, Callable, ClassVar, Iterator
 import libcst as cst
 from libcst.helpers import get_full_name_for_node
 from libcst.metadata import (
+    CodePosition,
+    CodeRange,
     MetadataWrapper,
     PositionProvider,
     QualifiedNameProvider,
@@ -125,8 +127,10 @@ HELPER_PREFIX = "_porter_"
 # the import movers (their sites are any import a recipe names), and, until the analysis reports
 # every construct they touch, attention-fallback (selector comparisons, `import flash_attn` that
 # re-raises), autocast-device (`x.device.type` as device_type) and hardcoded-device (device-map
-# dicts, CLI defaults, device getters): their examples show the gaps (tests/test_site_owners.py).
-SITE_OWNERS = frozenset({"compile-bypass", "cuda-api", "mem-get-info", "widen-device-check"})
+# dicts, CLI defaults, device getters): their examples show the gaps (tests/test_site_owners.py);
+# compile-bypass reports compile gates owned by other transforms and CUDA-graph compile modes
+# (transformers 5.23.0: generation/configuration_utils.py, exporters/exporter_executorch.py).
+SITE_OWNERS = frozenset({"cuda-api", "mem-get-info", "widen-device-check"})
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 REGISTRY: dict[str, type["Transform"]] = {}
 
@@ -513,6 +517,15 @@ class Rewriter(cst.CSTTransformer):
         """
         if provider is QualifiedNameProvider:  # answered by porter.resolve, not libcst's scopes
             return self.resolver.qualified_names(node)
+        if provider is PositionProvider and provider not in self._resolved and self.source is not None \
+                and self.module is not None and isinstance(node, cst.BaseExpression):
+            # An expression's place read off the text where certain (as line_of): a position pass
+            # is a code generation of the whole module. Past a few dozen queries that pass is cheaper.
+            self._line_queries += 1
+            if self._line_queries <= 40:
+                found = _range_in_text(self.source, self.module, node, self._parents, self._spans)
+                if found is not None:
+                    return found
         table = self._resolved.get(provider)
         if table is None:
             assert self.wrapper is not None, "meta() is for rewriters run by PythonTransform"
@@ -748,12 +761,47 @@ def _lines_in_text(source: str, module: cst.Module, node: cst.CSTNode,
             whole = whole.with_changes(decorators=(), lines_after_decorators=())
         line = source.count("\n", 0, at) + 1
         return line, line + module.code_for_node(whole).rstrip().count("\n")
+    if "\f" in source or "\v" in source or "\ufeff" in source or source.count("\r") != source.count("\r\n"):
+        return None  # characters libcst drops or counts as line ends: its own positions answer
     code = _verbatim(module, node)
     at = _offset(source, module, node, code, parents, None, spans)
     if at is None:
         return None
     line = source.count("\n", 0, at) + 1
     return line, line + code.count("\n")
+
+
+def _range_in_text(source: str, module: cst.Module, node: cst.BaseExpression,
+                   parents: dict[cst.CSTNode, cst.CSTNode],
+                   spans: dict[cst.CSTNode, tuple[int, int] | None] | None = None) -> CodeRange | None:
+    """libcst's PositionProvider range of an original expression, read off the file's text (an
+    expression's code is verbatim in the file, parentheses left out as libcst does); None unless
+    certain (see _lines_in_text). tests/test_resolver.py checks it against PositionProvider."""
+    if "\f" in source or "\v" in source or "\ufeff" in source or source.count("\r") != source.count("\r\n"):
+        return None  # characters libcst drops or counts as line ends: its own positions answer
+    try:
+        code = _verbatim(module, node)
+    except Exception:  # a node libcst cannot regenerate without its parentheses: `()`
+        return None
+    at = _offset(source, module, node, code, parents, None, spans)
+    if at is None:
+        return None
+    line = source.count("\n", 0, at) + 1
+    column = at - source.rfind("\n", 0, at) - 1
+    if "\n" not in code:
+        return CodeRange(CodePosition(line, column), CodePosition(line, column + len(code)))
+    # The code's later lines are generated without the block's indentation: the last line sits in
+    # the file behind whitespace, its first character where the file's last line has its own.
+    end_line = line + code.count("\n")
+    last = code.rsplit("\n", 1)[1]
+    lines = source.split("\n", end_line)
+    if len(lines) < end_line:
+        return None
+    text = lines[end_line - 1].rstrip("\r") if len(lines) > end_line else lines[end_line - 1]
+    k = (len(text) - len(text.lstrip())) - (len(last) - len(last.lstrip()))
+    if k < 0 or not text.startswith(last, k) or text[:k].strip():
+        return None
+    return CodeRange(CodePosition(line, column), CodePosition(end_line, k + len(last)))
 
 
 def _offset(source: str, module: cst.Module, node: cst.CSTNode, code: str,
