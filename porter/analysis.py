@@ -1493,3 +1493,13 @@ def site_at(path: str, text: str, line: int, col: int, categories: tuple[str, ..
         if s.anchor_line == line and s.col == col and (not categories or s.category in categories):
             return s
     return None
+
+
+def site_owners(path: str, text: str) -> frozenset[str] | None:
+    """The transforms that own a site in `text` (`Site.transform`, "" left out); None when `ast`
+    cannot read it. The engine runs a transform that acts only at its own sites (porter.transforms,
+    SITE_OWNERS) only where this names it: an `ast` pass decides which files libcst parses."""
+    sites, _, ok = _result(path, text)
+    if not ok:
+        return None
+    return frozenset(s.transform for s in sites if s.transform)

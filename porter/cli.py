@@ -22,7 +22,36 @@ from porter.errors import PorterError
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Group(click.Group):
+    """Commands whose modules are built separately (weights remapping, the NPU kernel list) are
+    imported only when named or listed: `porter apply` does not pay for importing them."""
+
+    LAZY = {"remap": ("porter.weights", "remap"), "npu-kernels": ("porter.npu.kernels", "npu_kernels")}
+
+    def _lazy(self, name: str) -> click.Command | None:
+        module, attr = self.LAZY[name]
+        try:
+            cmd = getattr(__import__(module, fromlist=[attr]), attr, None)
+        except ImportError:
+            return None
+        if isinstance(cmd, click.Command):
+            self.add_command(cmd, name)
+            return cmd
+        return None
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.LAZY and cmd_name not in self.commands:
+            self._lazy(cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        for name in self.LAZY:
+            if name not in self.commands:
+                self._lazy(name)
+        return super().list_commands(ctx)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="porter")
 def cli() -> None:
     """Port CUDA-written PyTorch TTS models to Ascend NPUs with reviewed, reproducible recipes.
@@ -246,24 +275,6 @@ def expect(recipe: Path, sources: tuple[str, ...], check: bool) -> None:
     for line in res.lines():
         err.print(line, markup=False)
     raise SystemExit(1 if check and res.changed else 0)
-
-
-def _add_optional_commands() -> None:
-    """Commands whose modules are built separately (weights remapping, the NPU kernel list)."""
-    for module, attr, name in (
-        ("porter.weights", "remap", "remap"),
-        ("porter.npu.kernels", "npu_kernels", "npu-kernels"),
-    ):
-        try:
-            mod = __import__(module, fromlist=[attr])
-        except ImportError:
-            continue
-        cmd = getattr(mod, attr, None)
-        if isinstance(cmd, click.Command):
-            cli.add_command(cmd, name)
-
-
-_add_optional_commands()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,13 +106,18 @@ def _glob(pattern: str) -> re.Pattern[str]:
 def map_line(old: list[str], new: list[str], line: int) -> int:
     """Where 1-based `line` of `old` is in `new`; a replaced line maps to its counterpart in the
     replacement (the same offset, clamped to the replacement's length)."""
-    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes():
+    return _map_line(difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes(), len(new), line)
+
+
+def _map_line(opcodes: list[tuple[str, int, int, int, int]], new_len: int, line: int) -> int:
+    """map_line with the diff's opcodes computed once (a file's changes all map through them)."""
+    for tag, i1, i2, j1, j2 in opcodes:
         if i1 <= line - 1 < i2:
             offset = line - 1 - i1
             if tag != "equal":
                 offset = min(offset, max(j2 - j1 - 1, 0))
             return j1 + offset + 1
-    return len(new)
+    return new_len
 
 
 def rewrite_file(path: str, data: bytes, steps: tuple[StepPlan, ...], helper_module: str | None = None) -> FileResult:
@@ -133,6 +138,7 @@ def rewrite_file(path: str, data: bytes, steps: tuple[StepPlan, ...], helper_mod
     wrapper: MetadataWrapper | None = None
     stages: list[tuple[str, list[Change]]] = []  # (text the step received, its changes)
     findings: list[tuple[int, Finding]] = []  # (number of stages before the step, finding)
+    nested_ok: str | None = None  # the text nesting_problem() last passed
     for step in wanted:
         t = step.transform
         if not t.could_match(text):
@@ -140,10 +146,14 @@ def rewrite_file(path: str, data: bytes, steps: tuple[StepPlan, ...], helper_mod
         ctx = Context(path=path, step=step.index, exclude_symbols=step.exclude_symbols, helper_module=helper_module)
         try:
             if isinstance(t, PythonTransform) and path.endswith((".py", ".pyi")):
-                if module is None:
+                if module is None and nested_ok is not text:
                     deep = nesting_problem(text)
                     if deep is not None:
                         return FileResult(path, "skipped", f"{deep}: copied unchanged")
+                    nested_ok = text
+                if not t.acts_on(path, text):  # the analysis (an `ast` pass) finds no site of its own
+                    continue
+                if module is None:
                     try:
                         module = cst.parse_module(text)
                     except cst.ParserSyntaxError as exc:
@@ -178,10 +188,14 @@ def rewrite_file(path: str, data: bytes, steps: tuple[StepPlan, ...], helper_mod
     # Report lines in the patched file: carry each change and finding through the later steps.
     final = _lines(text)
     texts = [_lines(s[0]) for s in stages] + [final]
+    diffs: dict[int, list[tuple[str, int, int, int, int]]] = {}  # stage -> opcodes to the next text
 
     def carry(line: int, k: int) -> int:
-        for a, b in zip(texts[k:], texts[k + 1 :]):
-            line = map_line(a, b, line)
+        for i in range(k, len(texts) - 1):
+            ops = diffs.get(i)
+            if ops is None:
+                ops = diffs[i] = difflib.SequenceMatcher(None, texts[i], texts[i + 1], autojunk=False).get_opcodes()
+            line = _map_line(ops, len(texts[i + 1]), line)
         return line
 
     changes: list[Change] = []

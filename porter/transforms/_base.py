@@ -24,12 +24,15 @@ from typing import Any, Callable, ClassVar, Iterator
 import libcst as cst
 from libcst.helpers import get_full_name_for_node
 from libcst.metadata import (
+    CodePosition,
+    CodeRange,
     MetadataWrapper,
     PositionProvider,
     QualifiedNameProvider,
 )
 from pydantic import BaseModel, ConfigDict
 
+from porter.analysis import site_owners
 from porter.resolve import Resolver
 
 
@@ -116,6 +119,18 @@ class Context:
 
 
 HELPER_PREFIX = "_porter_"
+# Transforms whose every change and finding, with their default parameters, is at a site that
+# porter.analysis reports as theirs (`Site.transform`): the engine runs them (libcst parse and
+# visit) only on files where the analysis finds such a site, an `ast` pass instead of a libcst one.
+# tests/test_site_owners.py holds each of them to it on its examples and on real packages. Not
+# here: transforms that react to what earlier steps wrote (import-order), recipe-specific edits,
+# the import movers (their sites are any import a recipe names), and, until the analysis reports
+# every construct they touch, attention-fallback (selector comparisons, `import flash_attn` that
+# re-raises), autocast-device (`x.device.type` as device_type) and hardcoded-device (device-map
+# dicts, CLI defaults, device getters): their examples show the gaps (tests/test_site_owners.py);
+# compile-bypass reports compile gates owned by other transforms and CUDA-graph compile modes
+# (transformers 5.23.0: generation/configuration_utils.py, exporters/exporter_executorch.py).
+SITE_OWNERS = frozenset({"cuda-api", "mem-get-info", "widen-device-check"})
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 REGISTRY: dict[str, type["Transform"]] = {}
 
@@ -157,11 +172,96 @@ class Transform:
         return (cls.__doc__ or "").strip().splitlines()[0]
 
     def could_match(self, text: str) -> bool:
-        return self.prefilter is None or bool(self.prefilter.search(text))
+        return self.prefilter is None or prefilter_search(self.prefilter, text)
+
+    def acts_on(self, path: str, text: str) -> bool:
+        """False only when this transform certainly neither changes nor reports anything in `text`:
+        it acts only at its own sites (SITE_OWNERS, default parameters) and the analysis finds none."""
+        if self.name not in SITE_OWNERS or self.params != _default_params(type(self)):
+            return True
+        owners = site_owners(path, text)
+        return owners is None or self.name in owners
 
     def apply(self, text: str, ctx: Context) -> Outcome:
         """Rewrite `text`; raise only for text this transform cannot read (the engine reports it)."""
         raise NotImplementedError
+
+
+def prefilter_search(pattern: re.Pattern[str], text: str) -> bool:
+    """`bool(pattern.search(text))`, fast. A pattern such as `\\bcuda\\b` gives `re` no literal to
+    skip ahead with, so `search` tries every position of the file (~1 ms per 10 kB here, paid for
+    each step on each file). Where every match must start with one of a few literals, only the
+    places `str.find` finds them are tried (`match` at a position still sees the character before
+    it, for `\\b`); other patterns are searched as they are."""
+    starts = _literal_starts(pattern)
+    if starts is None:
+        return pattern.search(text) is not None
+    match, find = pattern.match, text.find
+    for literal in starts:
+        at = find(literal)
+        while at >= 0:
+            if match(text, at) is not None:
+                return True
+            at = find(literal, at + 1)
+    return False
+
+
+@functools.lru_cache(maxsize=None)
+def _literal_starts(pattern: re.Pattern[str]) -> tuple[str, ...] | None:
+    """Literals one of which every match of `pattern` starts with; None when there are none to use."""
+    if pattern.flags & (re.IGNORECASE | re.VERBOSE) or not isinstance(pattern.pattern, str):
+        return None
+    try:
+        from re import _parser  # the parser `re` itself uses (sre_parse before Python 3.11)
+    except ImportError:  # pragma: no cover - Python 3.10
+        import sre_parse as _parser  # type: ignore[no-redef]
+    try:
+        starts, _ = _sequence_starts(list(_parser.parse(pattern.pattern, pattern.flags & ~re.UNICODE)), _parser)
+    except Exception:  # an unfamiliar parse tree: search as before
+        return None
+    if starts is None or "" in starts or len(starts) > 32:
+        return None
+    return tuple(sorted(s for s in starts if not any(s != t and s.startswith(t) for t in starts)))
+
+
+def _sequence_starts(items: list[Any], p: Any) -> tuple[set[str] | None, bool]:
+    """(prefixes every match of `items` starts with, whether a match is exactly one of them)."""
+    prefixes = {""}
+    for op, av in items:
+        if op is p.AT:  # zero-width (\b, ^): consumes nothing
+            continue
+        if op is p.LITERAL:
+            part, whole = {chr(av)}, True
+        elif op is p.IN and av and all(o is p.LITERAL for o, _ in av):
+            part, whole = {chr(c) for _, c in av}, True
+        elif op is p.SUBPATTERN and not av[1] and not av[2]:
+            part, whole = _sequence_starts(list(av[3]), p)
+        elif op is p.BRANCH:
+            part, whole = set(), True
+            for alt in av[1]:
+                found, alt_whole = _sequence_starts(list(alt), p)
+                if found is None:
+                    return prefixes, False
+                part |= found
+                whole = whole and alt_whole
+        else:  # repeats, classes, groups with flags ...: the literal prefix ends here
+            return prefixes, False
+        if part is None:
+            return prefixes, False
+        prefixes = {a + b for a in prefixes for b in part}
+        if len(prefixes) > 32:
+            return None, False
+        if not whole:
+            return prefixes, False
+    return prefixes, True
+
+
+@functools.lru_cache(maxsize=None)
+def _default_params(cls: type[Transform]) -> BaseModel | None:
+    try:
+        return cls.Params()
+    except Exception:  # required parameters: there is no default to compare with
+        return None
 
 
 class TextTransform(Transform, abstract=True):
@@ -417,6 +517,15 @@ class Rewriter(cst.CSTTransformer):
         """
         if provider is QualifiedNameProvider:  # answered by porter.resolve, not libcst's scopes
             return self.resolver.qualified_names(node)
+        if provider is PositionProvider and provider not in self._resolved and self.source is not None \
+                and self.module is not None and isinstance(node, cst.BaseExpression):
+            # An expression's place read off the text where certain (as line_of): a position pass
+            # is a code generation of the whole module. Past a few dozen queries that pass is cheaper.
+            self._line_queries += 1
+            if self._line_queries <= 40:
+                found = _range_in_text(self.source, self.module, node, self._parents, self._spans)
+                if found is not None:
+                    return found
         table = self._resolved.get(provider)
         if table is None:
             assert self.wrapper is not None, "meta() is for rewriters run by PythonTransform"
@@ -652,12 +761,47 @@ def _lines_in_text(source: str, module: cst.Module, node: cst.CSTNode,
             whole = whole.with_changes(decorators=(), lines_after_decorators=())
         line = source.count("\n", 0, at) + 1
         return line, line + module.code_for_node(whole).rstrip().count("\n")
+    if "\f" in source or "\v" in source or "\ufeff" in source or source.count("\r") != source.count("\r\n"):
+        return None  # characters libcst drops or counts as line ends: its own positions answer
     code = _verbatim(module, node)
     at = _offset(source, module, node, code, parents, None, spans)
     if at is None:
         return None
     line = source.count("\n", 0, at) + 1
     return line, line + code.count("\n")
+
+
+def _range_in_text(source: str, module: cst.Module, node: cst.BaseExpression,
+                   parents: dict[cst.CSTNode, cst.CSTNode],
+                   spans: dict[cst.CSTNode, tuple[int, int] | None] | None = None) -> CodeRange | None:
+    """libcst's PositionProvider range of an original expression, read off the file's text (an
+    expression's code is verbatim in the file, parentheses left out as libcst does); None unless
+    certain (see _lines_in_text). tests/test_resolver.py checks it against PositionProvider."""
+    if "\f" in source or "\v" in source or "\ufeff" in source or source.count("\r") != source.count("\r\n"):
+        return None  # characters libcst drops or counts as line ends: its own positions answer
+    try:
+        code = _verbatim(module, node)
+    except Exception:  # a node libcst cannot regenerate without its parentheses: `()`
+        return None
+    at = _offset(source, module, node, code, parents, None, spans)
+    if at is None:
+        return None
+    line = source.count("\n", 0, at) + 1
+    column = at - source.rfind("\n", 0, at) - 1
+    if "\n" not in code:
+        return CodeRange(CodePosition(line, column), CodePosition(line, column + len(code)))
+    # The code's later lines are generated without the block's indentation: the last line sits in
+    # the file behind whitespace, its first character where the file's last line has its own.
+    end_line = line + code.count("\n")
+    last = code.rsplit("\n", 1)[1]
+    lines = source.split("\n", end_line)
+    if len(lines) < end_line:
+        return None
+    text = lines[end_line - 1].rstrip("\r") if len(lines) > end_line else lines[end_line - 1]
+    k = (len(text) - len(text.lstrip())) - (len(last) - len(last.lstrip()))
+    if k < 0 or not text.startswith(last, k) or text[:k].strip():
+        return None
+    return CodeRange(CodePosition(line, column), CodePosition(end_line, k + len(last)))
 
 
 def _offset(source: str, module: cst.Module, node: cst.CSTNode, code: str,
