@@ -664,14 +664,15 @@ SELECTORS = (
 )
 
 
-def test_attention_selectors_are_widened_only_by_attention_fallback():
-    """One owner per site: widened alone, `"flash_attention_2" if d.type == "cuda"` would send npu to
-    flash_attn (no npu build), so widen-device-check leaves every selector to attention-fallback, which
-    widens it and sends a flash value to sdpa."""
+def test_a_flash_selector_is_widened_only_by_attention_fallback():
+    """Widened alone, `"flash_attention_2" if d.type == "cuda"` would send npu to flash_attn (no npu
+    build): widen-device-check leaves it; attention-fallback widens it and sends the value to sdpa."""
     plain, flash = sites(SELECTORS, 2)[0], sites(SELECTORS, 6)[0]
     assert (plain.category, plain.action, plain.transform) == ("attention_backend", "rewrite", "attention-fallback")
     assert (flash.transform, flash.kind) == ("attention-fallback", "flash-selector")
-    assert run("widen-device-check", SELECTORS).text == SELECTORS
+    widened = run("widen-device-check", SELECTORS).text
+    assert 'if device.type in ("cuda", "npu") else "eager"' in widened.splitlines()[1]
+    assert widened.splitlines()[5] == SELECTORS.splitlines()[5]
     fallback = run("attention-fallback", SELECTORS).text
     assert ('return _porter_flash_attention_or_fallback("flash_attention_2") if device.type in ("cuda", "npu") '
             'else "eager"') in fallback

@@ -50,9 +50,8 @@ class _Widen(Rewriter):
         if site is None:  # ast could not read the file (newer syntax): the libcst gate definitions
             return self.params.skip_compile_gates and enclosing_gate(node, self.parent) is not None
         if site.action == "rewrite":
-            # an attention selector is attention-fallback's site (widened alone, a flash selector would send
-            # npu to flash_attention_2): one owner per site, as the analysis and the engine's gate say
-            return site.transform != self.transform.name
+            # a flash selector widened alone would send npu to flash_attention_2: attention-fallback's
+            return site.kind == "flash-selector"
         if site.category in ("compile_gate", "kernel_gate") and not self.params.skip_compile_gates:
             return False
         if site.transform == self.transform.name:
@@ -214,13 +213,8 @@ class WidenDeviceCheck(PythonTransform):
     examples = [
         Example(
             id="eq",
-            before='import torch\n\ndef f(x):\n    return 2 if x.device.type == "cuda" else 1\n',
-            after='import torch\n\ndef f(x):\n    return 2 if x.device.type in ("cuda", "npu") else 1\n',
-        ),
-        Example(
-            id="attention-selector-is-attention-fallbacks",
-            note="attention-fallback widens it (and sends a flash value to sdpa on npu): its site, not this one's",
             before='import torch\n\ndef f(x):\n    return "sdpa" if x.device.type == "cuda" else "eager"\n',
+            after='import torch\n\ndef f(x):\n    return "sdpa" if x.device.type in ("cuda", "npu") else "eager"\n',
         ),
         Example(
             id="ne-seed001-change-a",
