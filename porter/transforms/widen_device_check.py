@@ -213,8 +213,8 @@ class WidenDeviceCheck(PythonTransform):
     examples = [
         Example(
             id="eq",
-            before='import torch\n\ndef f(x):\n    return "sdpa" if x.device.type == "cuda" else "eager"\n',
-            after='import torch\n\ndef f(x):\n    return "sdpa" if x.device.type in ("cuda", "npu") else "eager"\n',
+            before='import torch\n\ndef f(x):\n    return 2 if x.device.type == "cuda" else 1\n',
+            after='import torch\n\ndef f(x):\n    return 2 if x.device.type in ("cuda", "npu") else 1\n',
         ),
         Example(
             id="ne-seed001-change-a",
