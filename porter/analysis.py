@@ -55,8 +55,10 @@ _CUDA_CPU_ONLY_LIBS = ("faster_whisper", "ctranslate2")  # take device="cuda"/"c
 _NO_NPU_BUILD = ("flash_attn", "xformers", "exllamav2")  # CUDA kernels only: never import on an npu host
 _FLASH_MODULES = ("flash_attn", "xformers", "transformer_engine", "vllm")
 _CUDA = re.compile(r"^cuda(:\d+)?$")
-_DEVICE_KWARGS = {"device", "map_location", "device_map", "device_type", "default_device"}
 _ATTN_KEY = re.compile(r"(?:^|_)attn_implementation$")
+# attention implementations (transformers' attn_implementation values; attention-fallback's)
+_IMPLEMENTATIONS = frozenset({"eager", "sdpa", "flex_attention", "paged_attention", "flash_attention_2",
+                              "flash_attention_3"})
 _RETURNS_IMPLEMENTATION = re.compile(r"attn_implementation|attention_implementation")
 COMPILE_APIS = frozenset({
     "torch.compile", "torch._dynamo.optimize", "torch.cuda.graph", "torch.cuda.CUDAGraph",
@@ -80,6 +82,30 @@ _CUDA_BUILD_ATTRS = {"torch.version.cuda", "torch.version.hip"}  # None on an np
 _MESSAGE_COMPILE = re.compile(r"compil|cuda ?graph|cudagraph|graph capture", re.I)
 _MESSAGE_FLASH = re.compile(r"flash", re.I)
 _MESSAGE_CUDA = re.compile(r"\bcuda\b|\bgpu\b|nvidia", re.I)
+
+
+# cuda-api's rules for widening a torch.cuda.is_available()/device_count() guard (it imports them).
+# hardcoded-device's device names and command-line option calls (it imports them)
+DEVICE_NAMES = r"(?i)^_*([a-z0-9]+_)*devices?(_map|_id|_ids)?$|^map_location$"
+_DEVICE_NAME = re.compile(DEVICE_NAMES)
+CLI_OPTION = {"add_argument", "option", "Option"}
+_POSITIONAL_DEVICE = {"torch.Generator": 0, "torch.set_default_device": 0, "torch.load": 1}  # torch.device: below
+_SDP_KERNEL_PARAMS = ("enable_flash", "enable_math", "enable_mem_efficient", "enable_cudnn")
+_IMPORT_CATCHERS = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
+_AMP_TRAINING = {"GradScaler", "custom_fwd", "custom_bwd"}  # autocast-device leaves these (training)
+_CUDA_OWNED_ELSEWHERE = {"mem_get_info", "amp", "graph", "graphs", "CUDAGraph", "make_graphed_callables",
+                         "graph_pool_handle", "is_current_stream_capturing"}
+_BUILTINS = {"print", "len", "str", "int", "float", "bool", "round", "min", "max", "format", "isinstance",
+             "hasattr", "getattr", "range", "list", "dict", "tuple", "repr", "sum", "abs"}
+_SAFE_METHODS = {"to", "half", "float", "bfloat16", "eval", "cpu", "item", "format", "join", "debug", "info",
+                 "warning", "warn", "error", "exception", "critical", "log", "warning_once", "info_once"}
+_LOGGING = _SAFE_METHODS & {"debug", "info", "warning", "warn", "error", "exception", "critical", "log"}
+_SAFE_TORCH = {"torch.manual_seed", "torch.device", "torch.autocast", "torch.amp.autocast",
+               "torch.set_float32_matmul_precision", "torch.no_grad", "torch.inference_mode", "torch.is_tensor",
+               "torch.get_default_dtype", "torch.set_default_dtype", "warnings.warn", "gc.collect"}
+_FALLBACK_DEVICES = {"cpu", "mps", "xpu", "meta"}  # where `if not torch.cuda.is_available():` may fall back
+_LOGGERS = {"logging", "loguru"}
+_DEVICE_WORDS = {"cuda", "gpu", "gpus", "ngpu", "device", "devices", "accelerator", "rank", "world", "nccl"}
 
 
 @dataclass(frozen=True)
@@ -204,6 +230,8 @@ class _Analysis:
         self.props_names = self._props_names()
         self.kept_paths: list[tuple[int, int, int]] = []  # (first, last, gate line) only CUDA reaches
         self.optional = self._optional_imports()
+        self._defs: dict[str, list[str] | None] | None = None
+        self.predicates: list[tuple[ast.Call, str]] = []  # is_available()/device_count() judged after the walk
 
     # -- helpers ------------------------------------------------------------------------------------
     def col(self, node: ast.AST) -> int:
@@ -396,6 +424,8 @@ class _Analysis:
             return
         verdict = self._judge(node, positive)
         category, action, transform, reason, context = verdict
+        if category == "attention_backend" and "falls back to sdpa" in reason:
+            kind = "flash-selector"  # only attention-fallback may widen it: it also sends the value to sdpa
         self.add(node, category, action, transform, reason, context, kind, anchor)
 
     def _judge(self, node: ast.AST, positive: bool) -> tuple[str, str, str, str, str]:
@@ -414,6 +444,10 @@ class _Analysis:
             else:
                 break
         holder = self.parent.get(expr)
+        # 0. an attention selector: attention-fallback widens it (and wraps a flash value)
+        selector = self._attention_selector(node, holder) if expr is node else None
+        if selector is not None:
+            return selector
         # 1. paired with a CUDA-only property in the same boolean expression
         for s in siblings:
             eff = self.effects([s])
@@ -474,6 +508,29 @@ class _Analysis:
                 break
         return ("device_check", "rewrite", "widen-device-check",
                 "npu takes the CUDA branch; the branch does no CUDA-only work", "")
+
+    def _attention_selector(self, node: ast.AST, holder: ast.AST | None) -> tuple[str, str, str, str, str] | None:
+        """`"sdpa" if d.type == "cuda" else "eager"`: attention-fallback widens the test when the CUDA
+        branch is an implementation other than eager and the other branch neither the same nor sdpa (its
+        fallback); a flash value npu then reaches falls back to sdpa there. The same rules as its own."""
+        if not (isinstance(holder, ast.IfExp) and holder.test is node and isinstance(node, ast.Compare)
+                and len(node.ops) == 1):
+            return None
+        op = node.ops[0]
+        if isinstance(op, (ast.Eq, ast.NotEq)):
+            cuda_is_true = isinstance(op, ast.Eq)
+        elif isinstance(op, (ast.In, ast.NotIn)) and isinstance(node.comparators[0], (ast.Tuple, ast.List, ast.Set)):
+            cuda_is_true = isinstance(op, ast.In)
+        else:
+            return None
+        cuda, other = (holder.body, holder.orelse) if cuda_is_true else (holder.orelse, holder.body)
+        cuda_value, other_value = _str(cuda), _str(other)
+        if cuda_value not in _IMPLEMENTATIONS - {"eager"} or other_value in (cuda_value, "sdpa"):
+            return None
+        return ("attention_backend", "rewrite", "attention-fallback",
+                f"attention selector: npu takes the CUDA branch ({cuda_value!r}"
+                + (", which falls back to sdpa there" if "flash" in cuda_value else "") + f") instead of {other_value!r}",
+                ast.unparse(holder)[:120])
 
     def _name_gate(self, name: str) -> tuple[str, str, str, str] | None:
         if not name:
@@ -639,6 +696,15 @@ class _Analysis:
                 self.device_check(n, n, "is_cuda", True)
         for n in self.nodes:
             self._other(n)
+        for call, name in self.predicates:
+            verdict = self._guard_verdict(call, name)
+            if verdict is None:
+                self.add(call, "cuda_api", "rewrite", "cuda-api",
+                         f"torch.cuda.{name}() guards code that follows the device: cuda-api widens the guard "
+                         "(torch.npu's answer on an npu host)", kind="predicate")
+            else:
+                self.add(call, "cuda_api", "decision", "cuda-api",
+                         f"False/0 on npu: {verdict}; cuda-api leaves it", kind="predicate")
         others = []
         for s in self.sites:
             gate = None
@@ -710,10 +776,13 @@ class _Analysis:
                              kind="decorator")
         elif isinstance(n, ast.Assign):
             names = [ast.unparse(t) for t in n.targets]
+            choices = [x.body for x in ast.walk(n.value) if self._device_choice(x)]  # sites of their own
             if any("device" in x.lower() for x in names) and not _porter_test(n.value) and any(
                     _is_cuda_literal(x) for x in ast.walk(n.value)):
                 consumer = self._foreign_consumer(n)
-                if consumer:
+                if not consumer and not any(_is_cuda_literal(x) and x not in choices for x in ast.walk(n.value)):
+                    pass  # only device choices: each is a site of its own (the is_available() call)
+                elif consumer:
                     self.add(n, "hardcoded_device", "keep", "hardcoded-device",
                              f"the device goes to {consumer}, which knows only cuda/cpu devices (no npu): "
                              "leave it; on npu that library keeps running on cpu", kind="foreign")
@@ -729,6 +798,9 @@ class _Analysis:
             for key, value in zip(n.keys, n.values):
                 if _str(key) is not None and _ATTN_KEY.search(_str(key) or ""):
                     self._flash_request(value, repr(_str(key)))
+        elif isinstance(n, (ast.Attribute, ast.Name)) and self._amp_reference(n):
+            self.add(n, "autocast", "rewrite", "autocast-device",
+                     "torch.cuda.amp.autocast referenced (passed or stored): follows the device", kind="reference")
         elif isinstance(n, ast.Attribute):
             p = self.parent.get(n)
             if n.attr == "compile" and not (isinstance(p, ast.Call) and p.func is n) \
@@ -755,6 +827,89 @@ class _Analysis:
         elif isinstance(n, ast.Call):
             self._call(n)
 
+    def _local_params(self, func: ast.AST) -> list[str]:
+        """Positional parameters of the one function of that name this module defines (hardcoded-device's
+        rule: `Tokenizer.load_from_checkpoint(path, "cuda")`), without self/cls for a method call."""
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        if self._defs is None:
+            self._defs = {}
+            for f in self.nodes:
+                if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    args = [a.arg for a in f.args.posonlyargs + f.args.args]
+                    self._defs[f.name] = None if f.name in self._defs else args
+        params = self._defs.get(name or "") or []
+        if isinstance(func, ast.Attribute) and params[:1] in (["self"], ["cls"]):
+            params = params[1:]
+        return params
+
+    def _sdpa_context(self, node: ast.Call, legacy: bool) -> None:
+        """An SDPA kernel context, as attention-fallback reads it: rewritten where it turns the math kernel
+        off (only CUDA's fused kernels left), harmless where math stays on, a decision where unreadable."""
+        p = self.parent.get(node)
+        if isinstance(p, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node in p.decorator_list:
+            restricts: bool | None = None
+        elif any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
+            restricts = None
+        elif legacy:
+            values = {k.arg: k.value for k in node.keywords}
+            values.update({_SDP_KERNEL_PARAMS[i]: a for i, a in enumerate(node.args[:4])})
+            if "enable_math" not in values:
+                restricts = False
+            else:
+                try:
+                    restricts = not ast.literal_eval(values["enable_math"])
+                except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                    restricts = None
+        else:
+            backends = next((a for a in node.args[:1]), None) or next(
+                (k.value for k in node.keywords if k.arg == "backends"), None)
+            items = backends.elts if isinstance(backends, (ast.List, ast.Tuple)) else [backends]
+            names = [(self.names.qualify(i) or _dotted(i) or "") if i is not None else "" for i in items]
+            members = [n.rsplit(".", 1)[-1] for n in names if "SDPBackend." in n]
+            restricts = None if backends is None or len(members) != len(items) else "MATH" not in members
+        if restricts is None:
+            self.add(node, "attention_backend", "decision", "attention-fallback",
+                     "SDPA kernel context porter cannot read (or a decorator): if it turns the math kernel off it "
+                     "may fail on npu", kind="sdpa-context")
+        elif restricts:
+            self.add(node, "attention_backend", "rewrite", "attention-fallback",
+                     "SDPA kernel selection with the math kernel off: npu gets the math/SDPA path", kind="call")
+        else:
+            self.add(node, "attention_backend", "keep", "attention-fallback",
+                     "harmless: the SDPA kernel context keeps the math kernel, so it works on any device",
+                     kind="sdpa-context")
+
+    def _flash_import_guard(self, node: ast.AST) -> str:
+        """Where a flash_attn import sits, as attention-fallback reads it: "function", "guarded" (an `if`
+        or a try catching ImportError), "reraises", or "unguarded"."""
+        child = node
+        for a in self.ancestors(node):
+            if isinstance(a, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                return "function"
+            if isinstance(a, ast.If):
+                return "guarded"
+            if isinstance(a, ast.Try) and child in a.body:
+                for h in a.handlers:
+                    types = [] if h.type is None else (h.type.elts if isinstance(h.type, ast.Tuple) else [h.type])
+                    if h.type is None or any((_dotted(t) or "").rsplit(".", 1)[-1] in _IMPORT_CATCHERS for t in types):
+                        return "reraises" if h.body and isinstance(h.body[-1], ast.Raise) else "guarded"
+            child = a
+        return "unguarded"
+
+    def _shares_line(self, node: ast.AST) -> bool:
+        p = self.parent.get(node)
+        block = next((getattr(p, f) for f in ("body", "orelse", "finalbody")
+                      if isinstance(getattr(p, f, None), list) and node in getattr(p, f)), [])
+        return any(s is not node and s.lineno <= node.lineno <= (s.end_lineno or s.lineno)
+                   or s is not node and node.lineno <= s.lineno <= (node.end_lineno or node.lineno) for s in block)
+
+    def _amp_reference(self, n: ast.AST) -> bool:
+        """torch.cuda.amp.autocast named without a call (`partial(torch.cuda.amp.autocast, ...)`)."""
+        p = self.parent.get(n)
+        if isinstance(p, ast.Call) and p.func is n or isinstance(p, ast.Attribute) and p.value is n:
+            return False
+        return self.names.qualify(n) in ("torch.cuda.amp.autocast", "torch.cuda.amp.autocast_mode.autocast")
+
     def _import(self, node: ast.AST, module: str) -> None:
         root = module.split(".")[0]
         if module.startswith("torch.utils.cpp_extension"):
@@ -766,9 +921,24 @@ class _Analysis:
             return
         category = "attention_backend" if root in ("flash_attn",) else (
             "custom_kernel" if root in ("triton",) else "cuda_only_import")
-        if node in self.optional:
+        guard = self._flash_import_guard(node) if root == "flash_attn" else ""
+        if node in self.optional and guard != "reraises":
             self.add(node, category, "keep", "guard-import",
                      "harmless: an optional import inside try/except, the module imports without it", kind="import")
+        elif guard == "reraises":
+            self.add(node, category, "decision", "attention-fallback",
+                     "flash_attn import whose except clause re-raises: the module cannot import on npu; guarding it "
+                     "would move the failure on CUDA hosts from import time to call time", kind="import")
+        elif guard in ("function", "guarded"):
+            self.add(node, category, "keep", "attention-fallback",
+                     "harmless: " + ("a lazy import, run only on the flash-attention path" if guard == "function"
+                                     else "imported only where an `if` says flash-attention is available"),
+                     kind="import")
+        elif root == "flash_attn" and (isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names)
+                                       or self._shares_line(node)):
+            self.add(node, category, "decision", "attention-fallback",
+                     "flash_attn import attention-fallback cannot guard name by name (`import *`, or a line shared "
+                     "with other statements)", kind="import")
         elif root == "flash_attn":
             self.add(node, category, "rewrite", "attention-fallback",
                      "flash_attn has no npu build: attention-fallback makes the import optional on npu", kind="import")
@@ -814,6 +984,8 @@ class _Analysis:
                 and not node.keywords:
             self.add(node, "autocast", "rewrite", "autocast-device", f"{q}() reads CUDA's autocast state",
                      kind="call")
+        elif q in ("torch.nn.attention.sdpa_kernel",):
+            self._sdpa_context(node, legacy=False)
         elif q.startswith("torch.utils.cpp_extension.") or q.startswith("triton."):
             self.add(node, "custom_kernel", "decision", "",
                      "builds or runs a custom CUDA kernel: no npu build; the caller needs an npu path", kind="call")
@@ -824,12 +996,32 @@ class _Analysis:
                 node.args[0]) is not None and _CUDA.match(_str(node.args[0]) or ""):
             self.add(node.args[0], "hardcoded_device", "rewrite", "hardcoded-device",
                      '.to("cuda"): moves to the accelerator in use (npu where available)', kind="to")
+        positional = [a for a in node.args if not isinstance(a, ast.Starred)]
+        params = self._local_params(node.func)
+        for i, a in enumerate(positional):
+            if (i < len(params) and _DEVICE_NAME.match(params[i]) or _POSITIONAL_DEVICE.get(q) == i) \
+                    and _is_cuda_literal(a):
+                self.add(a, "hardcoded_device", "rewrite", "hardcoded-device",
+                         f"a CUDA device passed as {params[i] if i < len(params) else 'the device'} of {q or text}(): "
+                         "becomes a run-time choice", kind="argument")
+        last = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        if last in CLI_OPTION and any((_str(a) or "").startswith("-") and _DEVICE_NAME.match(
+                (_str(a) or "").lstrip("-").replace("-", "_")) for a in node.args):
+            for k in node.keywords:
+                if k.arg == "default" and _is_cuda_literal(k.value):
+                    self.add(k.value, "hardcoded_device", "rewrite", "hardcoded-device",
+                             "the default of a --device command-line option: becomes a run-time choice", kind="cli")
         if q == "torch.device" and node.args and _is_cuda_literal(node.args[0]):
             self.add(node, "hardcoded_device", "rewrite", "hardcoded-device",
                      "torch.device(\"cuda\"): becomes a run-time choice", kind="call")
         for k in node.keywords:
-            if k.arg in _DEVICE_KWARGS and _is_cuda_literal(k.value) and q not in ("torch.autocast",
-                                                                                  "torch.amp.autocast"):
+            if k.arg == "device_type" and _is_cuda_literal(k.value) and q not in ("torch.autocast",
+                                                                                 "torch.amp.autocast"):
+                self.add(k.value, "autocast", "decision", "autocast-device",
+                         "device_type= a CUDA device outside a torch.autocast call (a partial, a wrapper): "
+                         "autocast-device does not follow it, so on npu that region runs without autocast",
+                         kind="keyword")
+            elif k.arg and _DEVICE_NAME.match(k.arg) and _is_cuda_literal(k.value):
                 self.add(k.value, "hardcoded_device", "rewrite", "hardcoded-device",
                          f"{k.arg}= a CUDA device: becomes a run-time choice", kind="keyword")
             if _str(k.value) == "nccl":
@@ -898,6 +1090,141 @@ class _Analysis:
             child = a
         return False
 
+    # -- is_available() / device_count() as cuda-api widens them --------------------------------------
+    def _guard_verdict(self, call: ast.Call, name: str) -> str | None:
+        """None where cuda-api widens this predicate (an if-test whose guarded code follows the device, a
+        negated test that only falls back to cpu, a count only printed), else why it is a decision.
+        cuda-api's own rules (porter/transforms/cuda_api.py), read on the upstream code with
+        hardcoded-device's rewrites done (the generic steps run it first)."""
+        child: ast.AST = call
+        negated = False
+        while True:
+            p = self.parent.get(child)
+            if isinstance(p, ast.BoolOp):
+                child = p
+            elif isinstance(p, ast.UnaryOp) and isinstance(p.op, ast.Not):
+                negated, child = not negated, p
+            elif name == "device_count" and isinstance(p, ast.Compare) and p.left is child and len(p.ops) == 1 \
+                    and isinstance(p.ops[0], (ast.Gt, ast.GtE)):
+                child = p
+            else:
+                break
+        if name == "device_count" and child is call and self._informational(call):
+            return None
+        if not (isinstance(p, (ast.If, ast.IfExp)) and p.test is child):
+            return f"torch.cuda.{name}() outside an if-test: code often turns the answer into a CUDA device or flag"
+        if negated:
+            return None if self._falls_back(p, child, call) else (
+                f"`not torch.cuda.{name}()` gates the code after it (a CUDA-required check?)")
+        if isinstance(p, ast.IfExp) and _is_cuda_literal(p.body):
+            return "a device choice on it: hardcoded-device's"
+        blocker = self._blocker([p.body] if isinstance(p, ast.IfExp) else list(p.body))
+        return None if blocker is None else f"the guarded code {blocker}"
+
+    def _informational(self, node: ast.AST) -> bool:
+        child = node
+        while True:
+            p = self.parent.get(child)
+            if isinstance(p, (ast.FormattedValue, ast.JoinedStr)):
+                return True
+            if isinstance(p, (ast.keyword, ast.BinOp)):
+                child = p
+                continue
+            if isinstance(p, ast.Call) and child is not p.func:
+                return self._informational_call(p)
+            return False
+
+    @staticmethod
+    def _informational_call(call: ast.Call) -> bool:
+        func = call.func
+        if isinstance(func, ast.Name):
+            return func.id == "print"
+        return isinstance(func, ast.Attribute) and func.attr in _LOGGING
+
+    def _falls_back(self, branch: ast.AST, test: ast.AST, call: ast.Call) -> bool:
+        """`if not torch.cuda.is_available(): device = "cpu"` (and a log line): only falls back."""
+        if not (isinstance(branch, ast.If) and isinstance(test, ast.UnaryOp) and test.operand is call):
+            return False
+        assigned = False
+        for stmt in branch.body:
+            if isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant) \
+                    and isinstance(stmt.value.value, (str, bytes)):
+                value = stmt.value.value
+                if not isinstance(value, str) or value.split(":")[0] not in _FALLBACK_DEVICES:
+                    return False
+                assigned = True
+            elif not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)
+                      and self._informational_call(stmt.value)):
+                return False
+        return assigned and (not branch.orelse or self._blocker(list(branch.orelse)) is None)
+
+    def _cuda_name(self, node: ast.AST) -> str | None:
+        q = self.names.qualify(node) or ""
+        if not q.startswith("torch.cuda."):
+            return None
+        rest = q[len("torch.cuda."):].split(".")
+        if len(rest) == 2 and rest[0] in ("memory", "random", "streams"):
+            rest = rest[1:]
+        return ".".join(rest)
+
+    @staticmethod
+    def _cuda_why_not(name: str) -> bool:
+        """torch.cuda.<name> is one cuda-api leaves (no npu counterpart, left by default, legacy type)."""
+        return "." in name or name == "get_device_capability" or name.endswith(("Tensor", "Storage")) \
+            or not _has_npu_counterpart(name)
+
+    def _hardcoded_rewrite_at(self, line: int) -> bool:
+        return any(s.category == "hardcoded_device" and s.action == "rewrite" and s.line <= line <= s.end_line
+                   for s in self.sites)
+
+    def _blocker(self, region: list[ast.AST]) -> str | None:
+        """Why code guarded by is_available() might not work on npu, or None when it follows the device."""
+        stack = list(reversed(region))
+        while stack:
+            node = stack.pop()
+            if isinstance(node, ast.IfExp) and _porter_test(node.test):
+                continue  # porter's own choice
+            stack.extend(reversed(list(ast.iter_child_nodes(node))))
+            line = getattr(node, "lineno", 0)
+            if _is_cuda_literal(node) and not self._hardcoded_rewrite_at(line):
+                return f"hard-codes a CUDA device (line {line})"
+            if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                return f"imports or defines something (line {line})"
+            if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)) and _flag(node):
+                return f"sets a flag that later code may read as 'CUDA is present' (line {line})"
+            if isinstance(node, (ast.Attribute, ast.Name)):
+                name = self._cuda_name(node)
+                p = self.parent.get(node)
+                outermost = not (isinstance(p, ast.Attribute) and p.value is node)
+                if name and outermost and name.split(".")[0] not in _CUDA_OWNED_ELSEWHERE and self._cuda_why_not(name):
+                    return f"uses torch.cuda.{name} (line {line})"
+            if isinstance(node, ast.Call) and not self._safe_call(node):
+                return f"calls {ast.unparse(node.func)}() (line {line}), which porter cannot vouch for on npu"
+        return None
+
+    def _safe_call(self, call: ast.Call) -> bool:
+        func = call.func
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Call) \
+                and isinstance(func.value.func, ast.Name) and func.value.func.id.startswith("_porter_"):
+            return True
+        if isinstance(func, ast.Name) and func.id.startswith("_porter_"):
+            return True
+        if any(s.category == "hardcoded_device" and s.action == "rewrite" and s.kind == "method"
+               and s.anchor_line == call.lineno and s.col == self.col(call) for s in self.sites):
+            return True  # `.cuda()`: hardcoded-device (run first) routes it through porter's helper
+        name = self._cuda_name(func)
+        if name is not None:
+            return name.split(".")[0] in _CUDA_OWNED_ELSEWHERE or not self._cuda_why_not(name)
+        q = self.names.qualify(func)
+        if q:
+            return q in _SAFE_TORCH or (q.startswith("torch.") and q[len("torch."):] in _torch_factories()) or (
+                q.rsplit(".", 1)[-1] in _LOGGING and q.split(".")[0] in _LOGGERS)
+        if isinstance(func, ast.Name):
+            return func.id in _BUILTINS
+        if isinstance(func, ast.Attribute):
+            return func.attr in _SAFE_METHODS
+        return False
+
     def _early_exit(self, node: ast.Call) -> None:
         """`if not torch.cuda.is_available() [or ...]: return`: cuda-api leaves a negated guard for a
         decision, so the code after it is only reachable on CUDA."""
@@ -947,29 +1274,50 @@ class _Analysis:
         return stmt is not None and any(isinstance(n, ast.Attribute) and self.names.qualify(n) == "torch.version.cuda"
                                         for n in ast.walk(stmt))
 
+    def _device_choice(self, node: ast.AST) -> bool:
+        """`"cuda" if torch.cuda.is_available() else <x>`: a device chosen as a whole, which
+        hardcoded-device rewrites (npu first where available); the test is exactly that call."""
+        return (isinstance(node, ast.IfExp) and _is_cuda_literal(node.body) and isinstance(node.test, ast.Call)
+                and not node.test.args and not node.test.keywords
+                and self.names.qualify(node.test.func) == "torch.cuda.is_available")
+
     def _cuda_call(self, node: ast.Call, q: str) -> None:
         name = q.split(".")[-1]
         rest = q[len("torch.cuda."):] if q.startswith("torch.cuda.") else q
-        if name in ("graph", "CUDAGraph", "make_graphed_callables", "graphs"):
+        choice = self.parent.get(node)
+        stmt = next((a for a in self.ancestors(node) if isinstance(a, ast.stmt)), None)
+        if name == "is_available" and self._device_choice(choice) and choice.test is node:  # type: ignore[union-attr]
+            if isinstance(stmt, ast.Assign) and self._foreign_consumer(stmt):
+                return  # the device goes to a library that knows no npu: the assignment's kept site says so
+            self.add(choice, "hardcoded_device", "rewrite", "hardcoded-device",
+                     "a device chosen by torch.cuda.is_available(): becomes npu first where available, the "
+                     "upstream choice otherwise", kind="choice")
+        elif name in ("graph", "CUDAGraph", "make_graphed_callables", "graphs"):
             action = "rewrite" if name == "make_graphed_callables" else "decision"
             self.add(node, "compile", action, "compile-bypass",
                      "CUDA-graph capture: stays off on npu only behind a device gate; check its callers"
                      if action == "decision" else "make_graphed_callables: kept off on npu", kind="call")
-        elif name in ("sdp_kernel", "sdpa_kernel", "enable_flash_sdp"):
-            self.add(node, "attention_backend", "rewrite", "attention-fallback",
-                     "SDPA kernel selection: npu gets the math/SDPA path", kind="call")
-        elif "amp" in rest.split("."):
+        elif name in ("sdp_kernel", "sdpa_kernel"):
+            self._sdpa_context(node, legacy=name == "sdp_kernel")
+        elif name == "enable_flash_sdp":
+            self.add(node, "attention_backend", "keep", "attention-fallback",
+                     "harmless: a switch of CUDA's SDPA kernels, which npu does not read", kind="call")
+        elif "amp" in rest.split(".") and name in _AMP_TRAINING:
+            self.add(node, "autocast", "decision", "autocast-device",
+                     f"torch.cuda.amp.{name} is for training: porter ports inference and leaves it", kind="training")
+        elif "amp" in rest.split(".") and name == "autocast":
             self.add(node, "autocast", "rewrite", "autocast-device", "torch.cuda.amp: follows the device",
                      kind="call")
+        elif "amp" in rest.split("."):
+            self.add(node, "autocast", "decision", "autocast-device",
+                     f"{q}: autocast-device rewrites only torch.cuda.amp.autocast", kind="call")
         elif name == "mem_get_info":
             self.add(node, "cuda_api", "rewrite", "mem-get-info", "free/total memory answered on npu", kind="call")
         elif name in ("is_available", "device_count") and self._predicate(node):
             pass
         elif name in ("is_available", "device_count"):
             self._early_exit(node)
-            self.add(node, "cuda_api", "decision", "cuda-api",
-                     "False/0 on npu: CUDA-only work is skipped there; cuda-api widens it only where the guarded "
-                     "code follows the device", kind="predicate")
+            self.predicates.append((node, name))  # judged once the walk has found hardcoded-device's sites
         elif name in ("get_device_capability",) or name == "get_device_properties" and (
                 isinstance(self.parent.get(node), ast.Attribute)
                 and self.parent[node].attr in _CUDA_ONLY_ATTRS  # type: ignore[attr-defined]
@@ -987,6 +1335,31 @@ class _Analysis:
         else:
             self.add(node, "cuda_api", "decision", "cuda-api",
                      f"{q} has no npu counterpart in torch_npu's transfer_to_npu", kind="call")
+
+
+def _flag(node: ast.Assign | ast.AugAssign | ast.AnnAssign) -> bool:
+    """`use_gpu = True`, `n_gpu = 1`: a bool, or a number stored under a device-like name."""
+    value = node.value
+    if isinstance(value, ast.Constant) and isinstance(value.value, bool):
+        return True
+    if not (isinstance(value, ast.Constant) and isinstance(value.value, int) and not isinstance(value.value, bool)):
+        return False
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+    words: set[str] = set()
+    for t in targets:
+        for n in ast.walk(t):
+            if isinstance(n, ast.Name):
+                words.update(w for w in re.split(r"[_\W]+", n.id.lower()) if w)
+    return bool(words & _DEVICE_WORDS)
+
+
+@functools.lru_cache(maxsize=1)
+def _torch_factories() -> frozenset[str]:
+    """torch functions that take a device argument (transfer_to_npu's table): safe under a guard."""
+    import json
+
+    raw = json.loads((Path(__file__).resolve().parent / "data" / "torch_npu_transfer-2.14.0.json").read_text())
+    return frozenset(raw.get("device_argument_functions", {}).get("torch", ()))
 
 
 @functools.lru_cache(maxsize=1)

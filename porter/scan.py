@@ -15,23 +15,6 @@ from typing import Callable, Iterable
 from porter.analysis import PREFILTER, Site, analyse_source  # noqa: F401  (PREFILTER: re-exported)
 from porter.transforms import Finding
 
-# Report findings keep the category names porter's reports have always used.
-FINDING_CATEGORY = {
-    "device_check": "device-comparison",
-    "compile_gate": "compile-gate",
-    "kernel_gate": "kernel-gate",
-    "hardcoded_device": "hardcoded-device",
-    "cuda_api": "cuda-api",
-    "autocast": "autocast",
-    "compile": "compile",
-    "attention_backend": "flash-attention",
-    "cuda_only_import": "cuda-only-import",
-    "custom_kernel": "custom-kernel",
-    "dtype": "dtype",
-    "other": "other",
-}
-
-
 def scan_source(text: str, path: str = "") -> list[Site]:
     """The analysis's sites in `text`, without the code porter wrote (its helpers, the branch it keeps)."""
     return [s for s in analyse_source(path, text) if not s.ported]
@@ -51,7 +34,7 @@ def classify(site: Site, used: set[str], changed: bool = False) -> str:
     if site.transform and site.transform in used:
         return f"needs a decision: {site.transform} left it unchanged ({site.reason})" + tail
     see = f" (see {site.transform})" if site.transform else ""
-    return f"needs a decision: no step for this file handles {FINDING_CATEGORY[site.category]}{see}" + tail
+    return f"needs a decision: no step for this file handles {site.category}{see}" + tail
 
 
 def changed_lines(original: str | None, patched: str) -> set[int]:
@@ -86,7 +69,7 @@ def scan_tree(
         used = transforms_for(path)
         seen: set[tuple[int, str]] = set()
         for site in sites:
-            category = FINDING_CATEGORY[site.category]
+            category = site.category  # the analysis's vocabulary, as `porter scan` and SARIF use it
             if (path, site.line) in already or (site.line, category) in seen:
                 continue  # a transform already reported this site with its own reason
             seen.add((site.line, category))

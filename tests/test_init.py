@@ -85,7 +85,7 @@ def test_tinylm_draft_reads_like_a_reviewed_start(tmp_path: Path):
     assert "# vendored vLLM/TensorRT runtime: folder name 'vllm'" in text
     # the compile gate the compile-bypass step reports, as a comment under that step
     block = text.split("- use: compile-bypass", 1)[1].split("- use:", 1)[0]
-    assert "# Decisions and kept gates this step reports (" in block and "[compile-gate]" in block
+    assert "# Decisions and kept gates this step reports (" in block and "[compile_gate]" in block
     assert "modeling_tinylm.py" in block and "kernels/" not in block  # excluded parts report nothing
     assert steps["hardcoded-device"]["expect"] == 2  # default_device() and pick_device(device="cuda")
     assert recipe["source"] == {"path": os.path.relpath(FIXTURES / "tinylm", tmp_path / "recipes")}

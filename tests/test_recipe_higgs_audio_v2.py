@@ -104,7 +104,7 @@ def test_sdpa_unmask_widened_and_cuda_graph_gate_kept(applied):
     before, after = _texts(applied, SERVE)
     gate = '        if device == "cuda":\r\n            logger.info(f"Capturing CUDA graphs'
     assert before.count(gate) == 1 and after.count(gate) == 1
-    assert any(f["category"] == "compile-gate" and f["file"] == SERVE for f in applied.build.report["findings"])
+    assert any(f["category"] == "compile_gate" and f["file"] == SERVE for f in applied.build.report["findings"])
 
 
 @network

@@ -65,13 +65,13 @@ CHANGED = [
 ]
 # What the steps leave for review, each explained in the recipe's reasons and the README section.
 EXPECTED_FINDINGS = {
-    ("audio_tokenizer/audio_encoder.py", "flash-attention", "scan"),  # the guarded import itself
-    ("audio_tokenizer/audio_encoder.py", "cuda-api", "cuda-api"),  # the guard's CUDA test, kept
-    ("modeling_bailing_moe.py", "flash-attention", "scan"),  # MoE: import behind is_flash_attn_2_available
-    ("modeling_bailing_moe.py", "needs-decision", "attention-fallback"),  # MoE flash calls with dropout
-    ("modeling_bailing_moe.py", "flash-attention", "attention-fallback"),  # MoE unpad/pad helpers
-    ("modeling_bailing_moe.py", "cuda-only-import", "scan"),  # grouped_gemm, off unless use_grouped_gemm
-    ("modeling_bailing_moe.py", "autocast-device", "autocast-device"),  # autocast state in the flash class
+    ("audio_tokenizer/audio_encoder.py", "attention_backend", "scan"),  # the guarded import itself
+    ("audio_tokenizer/audio_encoder.py", "cuda_api", "cuda-api"),  # the guard's CUDA test, kept
+    ("modeling_bailing_moe.py", "attention_backend", "scan"),  # MoE: import behind is_flash_attn_2_available
+    ("modeling_bailing_moe.py", "needs_decision", "attention-fallback"),  # MoE flash calls with dropout
+    ("modeling_bailing_moe.py", "attention_backend", "attention-fallback"),  # MoE unpad/pad helpers
+    ("modeling_bailing_moe.py", "cuda_only_import", "scan"),  # grouped_gemm, off unless use_grouped_gemm
+    ("modeling_bailing_moe.py", "autocast", "autocast-device"),  # autocast state in the flash class
     ("audio_tokenizer/istft.py", "dtype", "scan"),  # complex spectrogram (istft/fft): complex64 on npu
 }
 

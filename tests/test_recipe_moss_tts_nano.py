@@ -97,8 +97,8 @@ def test_every_step_matches_its_expect_and_the_decisions_are_recorded(patched: P
     # the shipped config keeps flash_attention_2 for CUDA (a file cannot choose per device)
     assert (patched / "moss_tts_nano/config.json").read_bytes() == (FIX / "hf/config.json").read_bytes()
     findings = {(f["file"], f["category"]) for f in report["findings"]}
-    assert ("moss_tts_nano/gpt2_decoder.py", "flash-gate") in findings
-    assert ("finetuning/sft.py", "device-comparison") in findings  # training: outside the recipe
+    assert ("moss_tts_nano/gpt2_decoder.py", "kernel_gate") in findings
+    assert ("finetuning/sft.py", "device_check") in findings  # training: outside the recipe
     sft = (patched / "finetuning/sft.py").read_bytes()
     assert sft == (FIX / "github/finetuning/sft.py").read_bytes()
     for module in ("infer.py", "moss_tts_nano_runtime.py", model):

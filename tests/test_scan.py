@@ -73,16 +73,16 @@ def test_report_lists_what_is_left_with_reasons(tmp_path):
         "outside the recipe's files [owner: cuda-api; line unchanged]")
     by_cat = {f["category"]: f["reason"] for f in sorted(report["findings"], key=lambda f: -f["line"])
               if f["file"] == "pkg/model.py"}  # the first line of each category
-    assert by_cat["hardcoded-device"].startswith("needs a decision: no step for this file handles hardcoded-device"
+    assert by_cat["hardcoded_device"].startswith("needs a decision: no step for this file handles hardcoded_device"
                                                  " (see hardcoded-device)")
     assert by_cat["compile"].startswith("harmless: only reachable on CUDA, behind the gate at line ")
     gate = [f for f in report["findings"] if f["code"] == 'if device != "cuda":']
     assert len(gate) == 1 and "torch.compile" in gate[0]["reason"] and gate[0]["reason"].startswith("harmless")
     patched = (tmp_path / "out/s/pkg/model.py").read_text().splitlines()
     assert patched[gate[0]["line"] - 1].strip() == 'if device != "cuda":'  # lines are in the patched file
-    assert not any(f["category"] == "cuda-api" and "mem_get_info" in f["code"] for f in report["findings"])
+    assert not any(f["category"] == "cuda_api" and "mem_get_info" in f["code"] for f in report["findings"])
     md = (tmp_path / "out/s/report.md").read_text()
-    assert "| pkg/train.py:2 | cuda-api |" in md
+    assert "| pkg/train.py:2 | cuda_api |" in md
 
 
 def test_porter_routed_calls_and_compile_path_are_not_open_questions():

@@ -56,7 +56,7 @@ def test_class1_module_compile_is_compilation():
                                                                        "method")
     out = run("compile-bypass", text)
     assert out.text == text
-    assert [(f.line, f.category, f.transform) for f in out.findings] == [(3, "needs-decision", "compile-bypass")]
+    assert [(f.line, f.category, f.transform) for f in out.findings] == [(3, "needs_decision", "compile-bypass")]
     # re.compile is not compilation
     assert not analyse_source("m.py", "import re\npattern = re.compile('x')\n")
 
@@ -109,7 +109,7 @@ def test_class3_capability_pair_is_not_widened_nor_sent_to_torch_npu():
     assert out.text == CAPABILITY
     out = run("cuda-api", CAPABILITY)
     assert out.text == CAPABILITY
-    assert [f.category for f in out.findings] == ["cuda-api"] and "CUDA-only" in out.findings[0].reason
+    assert [f.category for f in out.findings] == ["cuda_api"] and "CUDA-only" in out.findings[0].reason
     assert {(s.category, s.action) for s in sites(CAPABILITY, 5)} == {("device_check", "keep"), ("cuda_api", "keep")}
 
 
@@ -161,7 +161,7 @@ def test_class4_branch_asserting_cuda_is_a_decision():
     text = 'import torch\n\ndef setup(device):\n    if "cuda" in device:\n        assert torch.cuda.is_available()\n'
     out = run("widen-device-check", text)
     assert out.text == text
-    assert [(f.line, f.category) for f in out.findings] == [(4, "needs-decision")]
+    assert [(f.line, f.category) for f in out.findings] == [(4, "needs_decision")]
     assert "asserts CUDA" in out.findings[0].reason
     [site] = [s for s in sites(text, 4) if s.category == "device_check"]
     assert site.action == "decision" and site.context == 'line 4: if "cuda" in device:'
@@ -190,7 +190,7 @@ def test_class5_is_cuda_guarding_cuda_only_state_is_a_decision():
     ''')
     out = run("widen-device-check", text)
     assert out.text == text
-    assert [(f.line, f.category) for f in out.findings] == [(10, "needs-decision")]
+    assert [(f.line, f.category) for f in out.findings] == [(10, "needs_decision")]
     assert "torch.cuda.is_available()" in out.findings[0].reason
     # without the CUDA-only state, is_cuda is widened as before
     plain = text.replace("self.workspace", "self.scale")
@@ -264,7 +264,7 @@ def test_class4_branch_raising_on_cuda_absence_is_a_decision():
             "            raise ValueError(f\"Requested device '{explicit}', but CUDA is not available.\")\n"
             "        return explicit\n    return 'cpu'\n")
     out = run("widen-device-check", text)
-    assert out.text == text and [f.category for f in out.findings] == ["needs-decision"]
+    assert out.text == text and [f.category for f in out.findings] == ["needs_decision"]
 
 
 def test_sdp_kernel_selection_is_not_a_custom_kernel():
@@ -317,7 +317,7 @@ def test_class5_coqui_attend_shape_tuple_unpacking_and_early_return():
     ''')
     out = run("widen-device-check", text)
     assert out.text == text
-    assert [(f.line, f.category) for f in out.findings] == [(13, "needs-decision")]
+    assert [(f.line, f.category) for f in out.findings] == [(13, "needs_decision")]
     assert "flows into the test at line 14" in out.findings[0].reason
 
 
@@ -378,7 +378,7 @@ def test_class3_is_available_paired_with_the_cuda_build_is_a_decision():
         out = run(name, WHISPER_DEVICE)
         assert out.text == WHISPER_DEVICE and not out.changes, name
     out = run("cuda-api", WHISPER_DEVICE)
-    assert [(f.line, f.category) for f in out.findings] == [(5, "cuda-api")]
+    assert [(f.line, f.category) for f in out.findings] == [(5, "cuda_api")]
     assert "needs a decision" in out.findings[0].reason and "torch.version.cuda" in out.findings[0].reason
     [site] = [s for s in sites(WHISPER_DEVICE, 5) if s.category == "cuda_api"]
     assert (site.action, site.kind) == ("decision", "paired")
@@ -652,3 +652,35 @@ def test_a_device_for_a_library_without_npu_is_left_alone():
     assert '    device = "cuda" if torch.cuda.is_available() else "cpu"' in lines  # for faster-whisper
     assert out.text.count('"npu" if _porter_npu_available() else') == 1  # torch.load's device follows npu
     assert any(f.line == 6 and "faster_whisper.WhisperModel" in f.reason for f in out.findings)
+
+
+# -- an attention selector belongs to attention-fallback; a device choice to hardcoded-device ---------
+SELECTORS = (
+    "def pick(device):\n"
+    '    return "sdpa" if device.type == "cuda" else "eager"\n'
+    "\n\n"
+    "def pick_flash(device):\n"
+    '    return "flash_attention_2" if device.type == "cuda" else "eager"\n'
+)
+
+
+def test_a_flash_selector_is_widened_only_by_attention_fallback():
+    """Widened alone, `"flash_attention_2" if d.type == "cuda"` would send npu to flash_attn (no npu
+    build): widen-device-check leaves it; attention-fallback widens it and sends the value to sdpa."""
+    plain, flash = sites(SELECTORS, 2)[0], sites(SELECTORS, 6)[0]
+    assert (plain.category, plain.action, plain.transform) == ("attention_backend", "rewrite", "attention-fallback")
+    assert (flash.transform, flash.kind) == ("attention-fallback", "flash-selector")
+    widened = run("widen-device-check", SELECTORS).text
+    assert 'if device.type in ("cuda", "npu") else "eager"' in widened.splitlines()[1]
+    assert widened.splitlines()[5] == SELECTORS.splitlines()[5]
+    fallback = run("attention-fallback", SELECTORS).text
+    assert ('return _porter_flash_attention_or_fallback("flash_attention_2") if device.type in ("cuda", "npu") '
+            'else "eager"') in fallback
+
+
+def test_a_device_choice_on_is_available_is_one_hardcoded_device_site():
+    text = 'import torch\n\ndevice = "cuda" if torch.cuda.is_available() else "cpu"\n'
+    [site] = sites(text, 3)
+    assert (site.category, site.action, site.transform, site.kind) == (
+        "hardcoded_device", "rewrite", "hardcoded-device", "choice")
+    assert run("hardcoded-device", text).text != text

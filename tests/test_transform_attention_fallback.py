@@ -34,10 +34,10 @@ def findings(out) -> list[tuple[int, str]]:
 def test_seed001_change_c_is_kept_and_reported_with_its_flash_path():
     out = run(example("seed001-change-c-left-alone").before)
     assert not out.changes
-    assert findings(out) == [(13, "flash-gate"), (16, "needs-decision"), (17, "flash-attention")]
-    gate = next(f for f in out.findings if f.category == "flash-gate")
+    assert findings(out) == [(13, "kernel_gate"), (16, "needs_decision"), (17, "attention_backend")]
+    gate = next(f for f in out.findings if f.category == "kernel_gate")
     assert "seed 001 change C" in gate.reason and "sdpa" in gate.reason
-    call = next(f for f in out.findings if f.category == "needs-decision")
+    call = next(f for f in out.findings if f.category == "needs_decision")
     assert "dropout_p=dropout_p" in call.reason
 
 
@@ -67,17 +67,17 @@ def test_dropout_guard_rewrites_expression_dropout():
 
 def test_reraising_import_and_shipped_config_are_reported():
     out = run(example("reraising-import-left-alone").before)
-    assert findings(out) == [(2, "needs-decision")] and "re-raises" in out.findings[0].reason
+    assert findings(out) == [(2, "needs_decision")] and "re-raises" in out.findings[0].reason
     ex = example("shipped-config-reported-not-edited")
     out = run(ex.before, path="config.json")
-    assert out.text == ex.before and findings(out) == [(3, "needs-decision")]
+    assert out.text == ex.before and findings(out) == [(3, "needs_decision")]
 
 
 def test_sdp_contexts_kept_are_reported_harmless_and_unreadable_ones_need_a_decision():
     out = run(example("voxcpm-sdp-kernel-math-on-left-alone").before)
     assert findings(out) == [(4, "harmless")]
     text = "import torch\nwith torch.nn.attention.sdpa_kernel(backends):\n    pass\n"
-    assert findings(run(text)) == [(2, "needs-decision")]
+    assert findings(run(text)) == [(2, "needs_decision")]
 
 
 def test_line_numbers_of_changes_point_at_the_rewritten_code():

@@ -27,8 +27,8 @@ def test_calls_behind_a_cuda_only_gate_are_left_alone_with_the_gate_line():
     # issue 10: `if self.device != "cuda": raise` dominates both calls; npu never reaches them
     out = run(example("voxcpm-optimize-calls-behind-the-gate-left-alone").before)
     assert not out.changes
-    assert [(f.line, f.category) for f in out.findings] == [(9, "compile-gate"), (11, "compile-gate"),
-                                                            (12, "compile-gate")]
+    assert [(f.line, f.category) for f in out.findings] == [(9, "compile_gate"), (11, "compile_gate"),
+                                                            (12, "compile_gate")]
     assert all("behind the gate at line 9" in f.reason for f in out.findings[1:])
 
 
@@ -45,12 +45,12 @@ def test_every_bypassed_site_is_a_change_with_its_mode():
 
 def test_gates_and_captures_are_reported():
     out = run(example("higgs-capture-gate-left-alone").before)
-    assert [(f.line, f.category) for f in out.findings] == [(4, "compile-gate")]
+    assert [(f.line, f.category) for f in out.findings] == [(4, "compile_gate")]
     out = run(example("cuda-graph-capture-reported").before)
-    assert [(f.line, f.category) for f in out.findings] == [(4, "needs-decision"), (5, "needs-decision")]
+    assert [(f.line, f.category) for f in out.findings] == [(4, "needs_decision"), (5, "needs_decision")]
     gated = "import torch\n\nif device == 'cuda':\n    g = torch.cuda.CUDAGraph()\n"
     out = run(gated)
-    assert [(f.line, f.category) for f in out.findings] == [(3, "compile-gate"), (4, "compile-gate")]
+    assert [(f.line, f.category) for f in out.findings] == [(3, "compile_gate"), (4, "compile_gate")]
     assert "line 3" in out.findings[1].reason
 
 

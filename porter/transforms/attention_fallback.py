@@ -276,7 +276,7 @@ class _Fallback(Rewriter):
         if kind in ("func", "varlen"):
             problem = self._unproven(call, VARLEN_PARAMS if kind == "varlen" else FUNC_PARAMS)
             if problem:
-                self.find(call, "needs-decision", f"flash-attention call not rewritten: {problem}; "
+                self.find(call, "needs_decision", f"flash-attention call not rewritten: {problem}; "
                           "porter cannot prove an SDPA equivalent. Reached on npu only if flash-attention "
                           "is selected there; decide with a recipe step if it is.")
             else:
@@ -284,7 +284,7 @@ class _Fallback(Rewriter):
             return
         if kind == "other":
             name = get_full_name_for_node(call.func) or "flash_attn API"
-            self.find(call, "flash-attention", f"{name}: a flash_attn API without an SDPA rewrite in porter; "
+            self.find(call, "attention_backend", f"{name}: a flash_attn API without an SDPA rewrite in porter; "
                       "reached on npu only if flash-attention is selected there")
             return
         if not self.may_import(call.func, SDP_KERNEL, SDPA_KERNEL):
@@ -339,11 +339,11 @@ class _Fallback(Rewriter):
             if isinstance(holder, cst.Call) and isinstance(holder.func, cst.Name) and holder.func.value == _runtime.SDP_CONTEXT:
                 return  # already handled
         if isinstance(parent, cst.Decorator):
-            self.find(call, "needs-decision", "SDPA kernel context used as a decorator; not rewritten")
+            self.find(call, "needs_decision", "SDPA kernel context used as a decorator; not rewritten")
             return
         restricts = self._restricts_to_fused(call, legacy)
         if restricts is None:
-            self.find(call, "needs-decision", "SDPA kernel context with backends porter cannot read; "
+            self.find(call, "needs_decision", "SDPA kernel context with backends porter cannot read; "
                       "if it turns the math kernel off it may fail on npu")
         elif restricts:
             self._contexts.add(call)
@@ -386,7 +386,7 @@ class _Fallback(Rewriter):
         if guard == "guarded":
             return
         if guard == "reraises":
-            self.find(line, "needs-decision", "flash_attn import whose except clause re-raises: the module "
+            self.find(line, "needs_decision", "flash_attn import whose except clause re-raises: the module "
                       "cannot import on npu. Guarding it would move the failure on CUDA hosts without "
                       "flash_attn from import time to call time; decide with a recipe step")
             return
@@ -396,11 +396,11 @@ class _Fallback(Rewriter):
         for stmt in imports:
             bound = self._bound_names(stmt)
             if bound is None:
-                self.find(line, "needs-decision", "`from flash_attn import *` cannot be guarded name by name")
+                self.find(line, "needs_decision", "`from flash_attn import *` cannot be guarded name by name")
                 return
             names.extend(bound)
         if len(line.body) != len(imports):
-            self.find(line, "needs-decision", "flash_attn import shares its line with other statements")
+            self.find(line, "needs_decision", "flash_attn import shares its line with other statements")
             return
         self._imports[line] = names
 
@@ -468,7 +468,7 @@ class _Fallback(Rewriter):
             assert found is not None
             self._widen[found[0]] = (R_GATE.format(on=self.on_text), list(self.on))
         elif found is None or not found[2]:
-            self.find(node.test, "flash-gate", "flash-attention device check kept CUDA-only: flash_attn kernels do "
+            self.find(node.test, "kernel_gate", "flash-attention device check kept CUDA-only: flash_attn kernels do "
                       "not exist on npu, so widening it (seed 001 change C) would hand npu tensors to CUDA "
                       "kernels. npu requests for flash_attention_2 become sdpa where the implementation is "
                       "chosen; widen-device-check leaves this check alone")
@@ -743,7 +743,7 @@ class AttentionFallback(PythonTransform):
             if m.group(2) not in self.params.flash:
                 continue
             findings.append(Finding(
-                file=ctx.path, line=text.count("\n", 0, m.start()) + 1, category="needs-decision",
+                file=ctx.path, line=text.count("\n", 0, m.start()) + 1, category="needs_decision",
                 reason="flash-attention default in a shipped config, kept: a config file cannot choose per "
                 "device and editing it would change CUDA. On npu the code that reads it must choose sdpa: "
                 "attention-fallback does so where a config class (`*Config.__init__`) stores it; a value "

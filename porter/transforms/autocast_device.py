@@ -106,7 +106,7 @@ class _Rewrite(Rewriter):
                         self.enabled.add(id(arg.value))
         for name, what in TRAINING.items():
             if name in names:
-                self.find(node, "autocast-device", f"{what} is for training; porter ports inference and leaves it")
+                self.find(node, "autocast", f"{what} is for training; porter ports inference and leaves it")
         if "torch.amp.GradScaler" in names or "torch.cuda.amp.GradScaler" in names:
             return False
         return True
@@ -168,13 +168,13 @@ class _Rewrite(Rewriter):
             hit = next((_LEGACY_STATE[n] for n in names if n in _LEGACY_STATE), None)
             gate = None if hit is None else _cuda_only_gate(self, original_node)
             if gate is not None:
-                self.find(original_node, "autocast-device", R_CUDA_ONLY.format(line=gate))
+                self.find(original_node, "autocast", R_CUDA_ONLY.format(line=gate))
                 return updated_node
             if hit is not None:
                 func = updated_node.func
                 if hit == "get_autocast_dtype":
                     if not isinstance(func, cst.Attribute):
-                        self.find(original_node, "autocast-device",
+                        self.find(original_node, "autocast",
                                   "get_autocast_gpu_dtype imported by name: CUDA's autocast dtype; rewrite by hand")
                         return updated_node
                     npu_func = func.with_changes(attr=cst.Name("get_autocast_dtype")).deep_clone()

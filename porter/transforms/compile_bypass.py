@@ -64,7 +64,7 @@ class _Bypass(Rewriter):
                 following = _gates.following_statements(n, self._parent)
                 if _gates.is_compile_gate(n, names=self.imported_names, following=following):
                     self._gates[n] = self.line_of(n)[0]
-                    self.find(n.test, "compile-gate", R_GATE)
+                    self.find(n.test, "compile_gate", R_GATE)
         for n in nodes:
             if isinstance(n, (cst.Name, cst.Attribute)):
                 self._plan_reference(n)
@@ -115,16 +115,16 @@ class _Bypass(Rewriter):
             gate = self._dominating_gate(n)
             if gate is not None:
                 self._dominated.add(n)
-                self.find(n, "compile-gate", R_DOMINATED.format(line=gate))
+                self.find(n, "compile_gate", R_DOMINATED.format(line=gate))
                 return
             self._wrap[n] = self._reason(n, api, parent)
             return
         if names & GRAPH_CAPTURE:
             gate = next((a for a in self._ancestors(n) if a in self._gates), None)
             if gate is not None:
-                self.find(n, "compile-gate", R_CAPTURE_GATED.format(line=self._gates[gate]))
+                self.find(n, "compile_gate", R_CAPTURE_GATED.format(line=self._gates[gate]))
             else:
-                self.find(n, "needs-decision", R_CAPTURE)
+                self.find(n, "needs_decision", R_CAPTURE)
 
     def _analysed(self, n: cst.CSTNode):
         if self.source is None or not has_sites(self.ctx.path, self.source, ("compile",)):
@@ -147,9 +147,9 @@ class _Bypass(Rewriter):
             return
         self._dominated.add(call.func)  # its mode= is not a setting left elsewhere
         if site.action == "keep" and site.context.startswith("line "):
-            self.find(call, "compile-gate", R_DOMINATED.format(line=site.context[5:].split(":", 1)[0]))
+            self.find(call, "compile_gate", R_DOMINATED.format(line=site.context[5:].split(":", 1)[0]))
         elif site.action == "decision":
-            self.find(call, "needs-decision", R_METHOD)
+            self.find(call, "needs_decision", R_METHOD)
 
     def _reason(self, n: cst.CSTNode, api: str, parent: cst.CSTNode | None) -> str:
         short = api.rsplit(".", 1)[-1]

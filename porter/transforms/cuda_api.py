@@ -8,7 +8,9 @@ import libcst as cst
 from libcst.metadata import PositionProvider
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from porter.analysis import has_sites, site_at
+from porter.analysis import (  # one set of rules: the analysis classifies guards by them, this applies them
+    _BUILTINS, _DEVICE_WORDS, _FALLBACK_DEVICES, _LOGGERS, _LOGGING, _SAFE_METHODS, _SAFE_TORCH, has_sites, site_at,
+)
 from porter.transforms._base import Example, PythonTransform, Rewriter, Safety, walk
 from porter.transforms._npu_runtime import (
     CUDA_OR_NPU,
@@ -41,18 +43,6 @@ _SUBMODULES = ("memory", "random", "streams")
 _KEPT_CATEGORIES = ("cuda_api", "compile_gate", "kernel_gate")
 # Answers "is there an accelerator?"; code then often picks "cuda": rewritten only in safe guards.
 PREDICATES = ("is_available", "device_count")
-_BUILTINS = {"print", "len", "str", "int", "float", "bool", "round", "min", "max", "format", "isinstance",
-             "hasattr", "getattr", "range", "list", "dict", "tuple", "repr", "sum", "abs"}
-_SAFE_METHODS = {"to", "half", "float", "bfloat16", "eval", "cpu", "item", "format", "join", "debug", "info",
-                 "warning", "warn", "error", "exception", "critical", "log", "warning_once", "info_once"}
-_LOGGING = _SAFE_METHODS & {"debug", "info", "warning", "warn", "error", "exception", "critical", "log"}
-_SAFE_TORCH = {"torch.manual_seed", "torch.device", "torch.autocast", "torch.amp.autocast",
-               "torch.set_float32_matmul_precision", "torch.no_grad", "torch.inference_mode", "torch.is_tensor",
-               "torch.get_default_dtype", "torch.set_default_dtype", "warnings.warn", "gc.collect"}
-# Devices an `if not torch.cuda.is_available():` branch may fall back to (no CUDA work in it).
-_FALLBACK_DEVICES = {"cpu", "mps", "xpu", "meta"}
-# Logging packages: `from loguru import logger; logger.info(...)` only writes a message.
-_LOGGERS = {"logging", "loguru"}
 
 
 class _Rewrite(Rewriter):
@@ -129,12 +119,12 @@ class _Rewrite(Rewriter):
             return updated_node
         reason = self.why_not(name) or self.kept_by_analysis(original_node)
         if reason is not None:
-            self.find(original_node, "cuda-api", reason)
+            self.find(original_node, "cuda_api", reason)
             return updated_node
         if name in PREDICATES:
             verdict = self.predicate(original_node, name)
             if verdict is not None:
-                self.find(original_node, "cuda-api", verdict)
+                self.find(original_node, "cuda_api", verdict)
                 return updated_node
         need_cuda_or_npu(self)
         result = updated_node.with_changes(func=cst.Attribute(value=cuda_or_npu_call(), attr=cst.Name(name)))
@@ -156,7 +146,7 @@ class _Rewrite(Rewriter):
         if name is None or self.owned_elsewhere(name):
             return
         reason = self.why_not(name) or "referenced without a call (stored, passed or caught); left as is"
-        self.find(original, "cuda-api", reason)
+        self.find(original, "cuda_api", reason)
 
     def leave_Attribute(self, original_node, updated_node):
         self._reference(original_node)
@@ -305,7 +295,6 @@ def _flag(node: cst.Assign | cst.AugAssign | cst.AnnAssign) -> bool:
     return bool(words & _DEVICE_WORDS)
 
 
-_DEVICE_WORDS = {"cuda", "gpu", "gpus", "ngpu", "device", "devices", "accelerator", "rank", "world", "nccl"}
 
 
 def _dotted(node: cst.CSTNode) -> bool:

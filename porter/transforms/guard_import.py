@@ -203,7 +203,7 @@ class _GuardImport(Rewriter):
         if not any(t & modules for t in tops):
             return False
         if not all(t and t <= modules for t in tops) or any(_bound(s) is None for s in stmt.body):
-            self.find(stmt, "needs-decision",
+            self.find(stmt, "needs_decision",
                       "import of a guarded package that cannot be wrapped (mixed with other statements,"
                       " several packages in one import, or `import *`); guard it by hand")
             return False
@@ -249,7 +249,7 @@ class _GuardImport(Rewriter):
         return stmt
 
     def _finding(self, node: cst.CSTNode, name: str, where: str) -> None:
-        self.find(node, "needs-decision",
+        self.find(node, "needs_decision",
                   f"{name} is None when its guarded import failed, and it is {where}; guard this by hand")
 
     def _check_try(self, stmt: cst.Try) -> None:
@@ -271,7 +271,7 @@ class _GuardImport(Rewriter):
             return
         missing = [e for e in self.params.errors if e.split(".")[-1] not in caught]
         if missing:
-            self.find(stmt, "needs-decision",
+            self.find(stmt, "needs_decision",
                       f"import already inside a try whose handlers do not catch {', '.join(missing)}; left as is")
 
     @staticmethod

@@ -8,7 +8,7 @@ import re
 import libcst as cst
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from porter.analysis import cuda_only_gate, foreign_device, has_cuda_only_paths
+from porter.analysis import CLI_OPTION, DEVICE_NAMES, cuda_only_gate, foreign_device, has_cuda_only_paths
 from porter.transforms._base import Example, PythonTransform, Rewriter, Safety, walk
 from porter.transforms._npu_runtime import (
     CUDA_OR_NPU,
@@ -28,13 +28,12 @@ from porter.transforms._npu_runtime import (
 )
 from porter.transforms._torch_npu_data import check_version, load
 
-DEVICE_NAMES = r"(?i)^_*([a-z0-9]+_)*devices?(_map|_id|_ids)?$|^map_location$"
 # torch functions whose positional argument N is a device (torch.load: map_location).
 _POSITIONAL = {"torch.device": 0, "torch.Generator": 0, "torch.set_default_device": 0, "torch.load": 1}
 # String methods: a "cuda" argument there is string handling (widen-device-check's business).
 _STR_METHODS = {"startswith", "endswith", "replace", "split", "rsplit", "partition", "find", "index",
                 "count", "strip", "lstrip", "rstrip", "removeprefix", "removesuffix"}
-_CLI_OPTION = {"add_argument", "option", "Option"}
+_CLI_OPTION = CLI_OPTION
 
 
 R_CUDA_ONLY = "harmless: only reachable on CUDA, behind the gate at line {line} that stays CUDA-only; left alone"
@@ -84,7 +83,7 @@ class _Rewrite(Rewriter):
         elif isinstance(expr, (cst.BinaryOperation, cst.Call, cst.ConcatenatedString)):
             text = self.code(expr)
             if re.match(r"""^\s*\(?\s*[rRuU]?['"]cuda:""", text):
-                self.find(expr, "hardcoded-device",
+                self.find(expr, "hardcoded_device",
                           f"{why}, built from a CUDA string at run time; porter cannot rewrite it safely")
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
@@ -170,7 +169,7 @@ class _Rewrite(Rewriter):
                 if arg.keyword is not None and arg.keyword.value == "default":
                     self._mark(arg.value, "default of a --device command-line option")
                 if arg.keyword is not None and arg.keyword.value == "choices":
-                    self.find(arg, "hardcoded-device",
+                    self.find(arg, "hardcoded_device",
                               "command-line choices offer CUDA but not npu; extend them if users should pick npu")
                     self._claim_all(arg.value)
         return True
@@ -217,7 +216,7 @@ class _Rewrite(Rewriter):
         why = self.targets.get(id(original))
         if why is None:
             if is_cuda_literal(original) and id(original) not in self.reported and not self._owned_elsewhere(original):
-                self.find(original, "hardcoded-device",
+                self.find(original, "hardcoded_device",
                           "CUDA device string in a place porter does not recognise as a device; left as is")
             return updated
         if self._cuda_only(original) or self._foreign(original):
@@ -249,7 +248,7 @@ class _Rewrite(Rewriter):
         if not (isinstance(func, cst.Attribute) and func.attr.value == "cuda"):
             return updated_node
         if _dotted(func.value) and self.imported_names(func.value):
-            self.find(original_node, "hardcoded-device",
+            self.find(original_node, "hardcoded_device",
                       ".cuda() called on an imported name (module or class), not on a tensor or model")
             return updated_node
         if self._cuda_only(original_node):
@@ -276,7 +275,7 @@ class _Rewrite(Rewriter):
             return False
         gate = cuda_only_gate(self.ctx.path, self.source, self.line_of(node)[0])
         if gate is not None:
-            self.find(node, "hardcoded-device", R_CUDA_ONLY.format(line=gate))
+            self.find(node, "hardcoded_device", R_CUDA_ONLY.format(line=gate))
         return gate is not None
 
     def _foreign(self, node: cst.CSTNode) -> bool:
@@ -285,7 +284,7 @@ class _Rewrite(Rewriter):
             return False
         site = foreign_device(self.ctx.path, self.source, self.line_of(node)[0])
         if site is not None:
-            self.find(node, "hardcoded-device", site.reason)
+            self.find(node, "hardcoded_device", site.reason)
         return site is not None
 
     def _owned_elsewhere(self, node: cst.CSTNode) -> bool:

@@ -99,7 +99,7 @@ class _Rewrite(Rewriter):
                         # never move an import above a statement it may depend on (env vars, sys.path,
                         # warnings filters, backend settings, monkeypatches)
                         stmt = original_node.body[blocker]
-                        self.find(original_node.body[pkg_at], "import-order",
+                        self.find(original_node.body[pkg_at], "import_order",
                                   f"{pkg} must be imported before torch_npu's transfer_to_npu, but moving its import "
                                   f"above line {self.line_of(stmt)[0]} (`{self.code(stmt).strip().splitlines()[0][:80]}`) "
                                   f"could change what {pkg} sees at import; reorder by hand")
@@ -108,7 +108,7 @@ class _Rewrite(Rewriter):
                                   f"{pkg} is imported before torch_npu (seed 002: torch_npu's transfer_to_npu patches "
                                   f"{pkg} and changes sys.path, so a later import of {pkg} picks up the wrong one)"))
                 else:
-                    self.find(original_node.body[transfer_at], "import-order",
+                    self.find(original_node.body[transfer_at], "import_order",
                               f"torch_npu.contrib.transfer_to_npu is imported here but {pkg} is not imported before "
                               f"it in this module; import {pkg} first in the program's entry point")
         if guard:

@@ -71,7 +71,7 @@ class _Lazy(Rewriter):
                 for inner in _statements_in(stmt):
                     for small in inner.body:
                         if self._target(inner, small) is not None:
-                            self.find(inner, "guarded-import",
+                            self.find(inner, "guarded_import",
                                       "already guarded (try/if) at module level: left alone")
         return found
 
@@ -86,7 +86,7 @@ class _Lazy(Rewriter):
             m = _matches(_dotted(small.module), modules)
             if m:
                 if isinstance(small.names, cst.ImportStar):
-                    self.find(stmt, "star-import", "`import *` binds names that cannot be traced: left alone")
+                    self.find(stmt, "star_import", "`import *` binds names that cannot be traced: left alone")
                     return None
                 return _Import(stmt, small, m, list(small.names))
         return None
@@ -129,15 +129,15 @@ class _Lazy(Rewriter):
             for node in nodes:
                 func = self._function_of(node)
                 if func is None:
-                    self.find(node, "import-time-use",
+                    self.find(node, "import_time_use",
                               f"{imp.module} is used outside any function body (module level, class body, decorator,"
                               " default or lambda): its import cannot move, left alone")
-                    self.find(imp.stmt, "import-time-use",
+                    self.find(imp.stmt, "import_time_use",
                               f"{imp.module} is used at import time in this module: import left alone")
                     return
                 chain = self._chain(node, func)
                 if chain is None:
-                    self.find(node, "one-line-body",
+                    self.find(node, "one_line_body",
                               f"{imp.module} is used in a one-line block; write it as a block first: import left alone")
                     return
                 spots = points.setdefault(func, [])

@@ -26,13 +26,13 @@ class _ReplaceCall(Rewriter):
         try:
             text = p.replacement.format(*positional, func=func, args=arg_text)
         except (KeyError, IndexError):
-            self.find(original, "recipe-edit",
+            self.find(original, "recipe_edit",
                       f"replacement {p.replacement!r} needs more positional arguments than this call has: left alone")
             return updated
         try:
             result = cst.parse_expression(text)
         except cst.ParserSyntaxError:
-            self.find(original, "recipe-edit", f"replacement {text!r} does not parse: left alone")
+            self.find(original, "recipe_edit", f"replacement {text!r} does not parse: left alone")
             return updated
         return self.record(original, result, p.reason)
 

@@ -46,17 +46,17 @@ class _ReplaceText(Rewriter):
             return updated  # already applied: idempotent
         found = code.count(p.old)
         if found == 0:
-            self.find(original, "recipe-edit", f"text to replace not found in {p.function}; upstream changed?")
+            self.find(original, "recipe_edit", f"text to replace not found in {p.function}; upstream changed?")
             return updated
         if found != p.count:
-            self.find(original, "recipe-edit",
+            self.find(original, "recipe_edit",
                       f"{p.function} contains the text {found} times, the recipe expects {p.count}: left alone")
             return updated
         new_code = code.replace(p.old, p.new)
         try:
             new_func = cst.parse_module(new_code).body[0].with_changes(leading_lines=updated.leading_lines)
         except cst.ParserSyntaxError as exc:
-            self.find(original, "recipe-edit", f"the replacement does not parse ({exc.message}): left alone")
+            self.find(original, "recipe_edit", f"the replacement does not parse ({exc.message}): left alone")
             return updated
         start, _ = self.line_of(original)
         # `start` is the `def` line; decorators come before it (leading lines are not in `code`).
@@ -88,10 +88,10 @@ class _ReplaceText(Rewriter):
         found = sum(code.count(p.old) for _, _, code in sites)
         anchor = sites[0][1] if sites else original
         if found == 0:
-            self.find(anchor, "recipe-edit", "text to replace not found at module level; upstream changed?")
+            self.find(anchor, "recipe_edit", "text to replace not found at module level; upstream changed?")
             return updated
         if found != p.count:
-            self.find(anchor, "recipe-edit",
+            self.find(anchor, "recipe_edit",
                       f"the module's top-level code contains the text {found} times, the recipe expects {p.count}: left alone")
             return updated
         body = list(updated.body)
@@ -102,10 +102,10 @@ class _ReplaceText(Rewriter):
             try:
                 new_stmts = list(cst.parse_module(new_code).body)
             except cst.ParserSyntaxError as exc:
-                self.find(stmt, "recipe-edit", f"the replacement does not parse ({exc.message}): left alone")
+                self.find(stmt, "recipe_edit", f"the replacement does not parse ({exc.message}): left alone")
                 return updated
             if not new_stmts:
-                self.find(stmt, "recipe-edit", "the replacement leaves no statement: left alone")
+                self.find(stmt, "recipe_edit", "the replacement leaves no statement: left alone")
                 return updated
             new_stmts[0] = new_stmts[0].with_changes(leading_lines=stmt.leading_lines)
             offset = self.line_of(stmt)[0] - 1

@@ -14,7 +14,7 @@ from porter.transforms._gates import enclosing_gate
 from porter.transforms._npu_runtime import string_value as _value
 
 _CUDA = re.compile(r"^cuda(:\d+)?$")
-_DEVICE_CATEGORIES = ("device_check", "compile_gate", "kernel_gate")
+_DEVICE_CATEGORIES = ("device_check", "compile_gate", "kernel_gate", "attention_backend")
 
 
 def _string_like(template: cst.SimpleString, value: str) -> cst.SimpleString:
@@ -42,19 +42,21 @@ class _Widen(Rewriter):
         a compile or kernel gate, a comparison paired with a CUDA-only property, a branch that asserts
         CUDA or needs CUDA-only state. Kept sites this transform owns become findings."""
         assert self.source is not None
-        kept = has_sites(self.ctx.path, self.source, _DEVICE_CATEGORIES)
+        kept = has_sites(self.ctx.path, self.source, _DEVICE_CATEGORIES) or has_sites(
+            self.ctx.path, self.source, ("attention_backend",), ("rewrite",))  # a flash selector, maybe
         if kept is False:
             return False  # every device check in this file is a rewrite: no position lookup needed
         site = None if kept is None else self._site(anchor if anchor is not None else node)
         if site is None:  # ast could not read the file (newer syntax): the libcst gate definitions
             return self.params.skip_compile_gates and enclosing_gate(node, self.parent) is not None
         if site.action == "rewrite":
-            return False
+            # a flash selector widened alone would send npu to flash_attention_2: attention-fallback's
+            return site.kind == "flash-selector"
         if site.category in ("compile_gate", "kernel_gate") and not self.params.skip_compile_gates:
             return False
         if site.transform == self.transform.name:
             verdict = "needs a decision" if site.action == "decision" else "kept CUDA-only"
-            self.find(node, "device-comparison" if site.action == "keep" else "needs-decision",
+            self.find(node, "device_check" if site.action == "keep" else "needs_decision",
                       f"{verdict}: {site.reason}" + (f" ({site.context})" if site.context.startswith("line") else ""))
         return True
 
@@ -211,8 +213,8 @@ class WidenDeviceCheck(PythonTransform):
     examples = [
         Example(
             id="eq",
-            before='import torch\n\ndef f(x):\n    return "sdpa" if x.device.type == "cuda" else "eager"\n',
-            after='import torch\n\ndef f(x):\n    return "sdpa" if x.device.type in ("cuda", "npu") else "eager"\n',
+            before='import torch\n\ndef f(x):\n    return 2 if x.device.type == "cuda" else 1\n',
+            after='import torch\n\ndef f(x):\n    return 2 if x.device.type in ("cuda", "npu") else 1\n',
         ),
         Example(
             id="ne-seed001-change-a",
