@@ -1502,4 +1502,14 @@ def site_owners(path: str, text: str) -> frozenset[str] | None:
     sites, _, ok = _result(path, text)
     if not ok:
         return None
-    return frozenset(s.transform for s in sites if s.transform)
+    owners = {s.transform for s in sites if s.transform}
+    if any(s.category == "attention_backend" and s.action == "rewrite" and s.kind in _DEVICE_CHECK_KINDS
+           for s in sites):
+        # a plain attention selector (`"sdpa" if d.type == "cuda" else "eager"`) is attention-fallback's
+        # site, and widen-device-check widens it the same way wherever it runs (a recipe without
+        # attention-fallback): it runs in every file holding one, not only where it has a site of its own
+        owners.add("widen-device-check")
+    return frozenset(owners)
+
+
+_DEVICE_CHECK_KINDS = frozenset({"startswith", "is_cuda", "compare", "substring", "collection"})

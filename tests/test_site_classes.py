@@ -684,3 +684,29 @@ def test_a_device_choice_on_is_available_is_one_hardcoded_device_site():
     assert (site.category, site.action, site.transform, site.kind) == (
         "hardcoded_device", "rewrite", "hardcoded-device", "choice")
     assert run("hardcoded-device", text).text != text
+
+
+# -- one owner per site, and the engine's gate: a plain attention selector ---------------------------
+SELECTOR_ONLY = 'def pick(d):\n    return "sdpa" if d.type == "cuda" else "eager"\n'
+SELECTOR_AND_CHECK = SELECTOR_ONLY + '\n\ndef sync(d):\n    return d.type == "cuda"\n'
+
+
+def test_a_plain_selector_is_widened_alike_in_every_file_by_a_recipe_without_attention_fallback():
+    """The analysis names attention-fallback as the selector's owner; widen-device-check widens it the
+    same way, and the engine (which runs a gated transform only where site_owners names it) must run
+    it in a file holding only a selector too, or the same line would be ported in one file and not in
+    the one beside it."""
+    from porter.analysis import site_owners
+    from porter.rewrite import StepPlan, rewrite_file
+
+    assert (s := sites(SELECTOR_ONLY, 2)) and s[0].transform == "attention-fallback" and s[0].action == "rewrite"
+    assert "widen-device-check" in site_owners("m.py", SELECTOR_ONLY)
+    steps = (StepPlan(index=1, transform=T["widen-device-check"](), files=("*.py",)),)
+    alone = rewrite_file("a.py", SELECTOR_ONLY.encode(), steps)
+    beside = rewrite_file("b.py", SELECTOR_AND_CHECK.encode(), steps)
+    widened = '"sdpa" if d.type in ("cuda", "npu") else "eager"'
+    assert alone.status == "changed" and widened in alone.text
+    assert beside.status == "changed" and widened in beside.text
+    flash = SELECTOR_ONLY.replace('"sdpa"', '"flash_attention_2"')  # attention-fallback's alone
+    assert "widen-device-check" not in site_owners("m.py", flash)
+    assert rewrite_file("c.py", flash.encode(), steps).status == "unchanged"
