@@ -58,6 +58,9 @@ class _Bypass(Rewriter):
     def visit_Module(self, node: cst.Module) -> bool:
         super().visit_Module(node)
         self._index = _gates.index(node)  # porter's own `_porter_*` helpers are not indexed
+        # The planning below asks for places before the traversal has seen any node: with the
+        # parents known, line_of/meta read them off the text instead of a whole-module position pass.
+        self._parents.update(self._index.parents)
         nodes = self._index.nodes
         for n in nodes:
             if isinstance(n, (cst.If, cst.IfExp, cst.While)) and self._device_test(n.test):
