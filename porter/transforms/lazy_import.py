@@ -111,7 +111,7 @@ class _Lazy(Rewriter):
         # assignments, found with porter.resolve (one light walk, no ScopeProvider pass) and put
         # in source order without a position pass.
         self._parents = parents(module)
-        accesses = _Accesses(self.resolver, module, self._parents)
+        accesses = _Accesses(self.resolver, module, self._parents, self._order)
         for imp in imports:
             bound = _assigned(imp.small)
             for i, alias in enumerate(imp.aliases):
@@ -273,18 +273,26 @@ def _assigned(small: cst.Import | cst.ImportFrom) -> set[str]:
     return out
 
 
+# Nodes whose visit ends a binding in libcst's scope analysis (its _ASSIGNMENT_LIKE_NODES).
+_ASSIGNMENT_LIKE = (cst.AnnAssign, cst.AsName, cst.Assign, cst.AugAssign, cst.ClassDef, cst.CompFor, cst.FunctionDef,
+                    cst.Global, cst.Import, cst.ImportFrom, cst.NamedExpr, cst.Nonlocal, cst.Parameters, cst.WithItem)
+
+
 class _Accesses:
     """The accesses of a module that resolve to a module-level assignment, by assigned name.
 
     As libcst's ScopeVisitor records them: a name read (loaded, deleted) whose scope chain ends at
     the module; where it heads a dotted name (`a.b.c`) and a module-level `import a.b` assigns a
     prefix, the access is that prefix (the Attribute `a.b`, named "a.b"), else the Name itself; a
-    string annotation that reads the name is one access, the string node. One difference, the
-    resolver's (see porter.resolve): a local `a` shadows `a.b.c` here, as in Python.
+    string annotation that reads the name is one access, the string node; a read before a binding
+    of the same name in its own scope (`x = x.y` in a class body) goes to the enclosing scope.
+    Differences: a local `a` shadows `a.b.c` here, as in Python (see porter.resolve); only
+    assignment targets count as such later bindings (not a later `def x`/`import x` in the scope).
     """
 
-    def __init__(self, resolver: Resolver, module: cst.Module, parents: dict[cst.CSTNode, cst.CSTNode]) -> None:
-        self.resolver, self.module, self.parents = resolver, module, parents
+    def __init__(self, resolver: Resolver, module: cst.Module, parents: dict[cst.CSTNode, cst.CSTNode],
+                 order) -> None:
+        self.resolver, self.module, self.parents, self.order = resolver, module, parents, order
         dotted: set[str] = set()  # dotted names module-level imports assign
         for stmt in _statements_in(module):
             for small in stmt.body:
@@ -293,21 +301,48 @@ class _Accesses:
         self.dotted = dotted
         self._roots = {n.split(".")[0] for n in dotted}
         self._by_name: dict[str, list[cst.CSTNode]] | None = None
+        self._stores: dict[tuple[int, str], list[cst.Name]] | None = None
 
     def of(self, name: str) -> list[cst.CSTNode]:
         if self._by_name is None:
             self._by_name = self._collect()
         return self._by_name.get(name, [])
 
-    def _at_module(self, scope, name: str) -> bool:
+    def _at_module(self, scope, name: str, read: cst.Name | None = None) -> bool:
         hit = scope.lookup(name)
-        return hit is not None and hit[0] is self.resolver.top
+        if hit is None:
+            return False
+        if hit[0] is scope and read is not None and scope is not self.resolver.top and self._before_binding(read, scope):
+            # libcst attaches a read that comes before a binding of its own scope (`x = x.y`
+            # in a class body) to the enclosing scope's assignments
+            return scope.parent is not None and self._at_module(scope.parent, name)
+        return hit[0] is self.resolver.top
+
+    def _before_binding(self, read: cst.Name, scope) -> bool:
+        if self._stores is None:
+            self._stores = {}
+            for n, where in self.resolver.stored.items():
+                self._stores.setdefault((id(where), n.value), []).append(n)
+        stores = self._stores.get((id(scope), read.value))
+        if not stores:
+            return False
+        at = self.order(read)
+        for store in stores:
+            holder = store
+            while holder is not None and not isinstance(holder, _ASSIGNMENT_LIKE):
+                holder = self.parents.get(holder)
+            if holder is None:
+                continue
+            start = self.order(holder)
+            if at < start or at[:len(start)] == start:
+                return True
+        return False
 
     def _collect(self) -> dict[str, list[cst.CSTNode]]:
         by_name: dict[str, list[cst.CSTNode]] = {}
         roots = self._roots
         for name, scope in self.resolver.scope_of.items():
-            if not self._at_module(scope, name.value):
+            if not self._at_module(scope, name.value, name):
                 continue
             holder = self.parents.get(name)
             if isinstance(holder, (cst.FunctionDef, cst.ClassDef)) and holder.name is name:
