@@ -57,7 +57,22 @@ class _Lazy(Rewriter):
         self._drop: dict[cst.SimpleStatementLine, list[_Import]] = {}
         self._child_at: dict[cst.CSTNode, dict[int, int]] = {}
         self._plan(node)
-        return True
+        # The traversal only goes down to the blocks that get an import: the statements above
+        # them (every other subtree is kept as it is, unvisited).
+        self._within: set[cst.CSTNode] = set()
+        for stmt in self._insert:
+            up = self._parents.get(stmt)
+            while up is not None and up not in self._within:
+                self._within.add(up)
+                up = self._parents.get(up)
+        return bool(self._insert or self._drop)
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        within = getattr(self, "_within", None)  # set by visit_Module (the module's own visit)
+        if within is None or node in within:
+            return super().on_visit(node)
+        super().on_visit(node)  # keeps the stack of ancestors that on_leave pops
+        return False
 
     # -- analysis -----------------------------------------------------------------------------
     def _imports(self, module: cst.Module) -> list[_Import]:
