@@ -150,3 +150,39 @@ def test_widen_device_check_skips_compile_gates(text):
     assert WIDEN().apply(text, ctx).text == text
     bypassed = CB().apply(text, ctx).text
     assert WIDEN().apply(bypassed, ctx).text == bypassed, "still a gate once the compile call is bypassed"
+
+
+def test_fast_index_matches_libcst_visit_order():
+    """compile_bypass.index reads fields in libcst's visit order instead of visiting: the same
+    nodes, in the same order, with the same parents as _gates.index (a visitor), on code with
+    the node types whose visited fields vary (f-string format specs), decorators, lambdas,
+    comprehensions and porter's own helpers (left out by both)."""
+    import libcst as cst
+
+    from porter.transforms import _gates
+    from porter.transforms.compile_bypass import index
+
+    code = (
+        "import torch\n"
+        "@torch.compile(mode='max-autotune')\n"
+        "def f(x, *a, k=lambda y: y + 1, **kw) -> int:\n"
+        "    s = f'{x} {x!r:>{k}} {x=}'\n"
+        "    return {i: [j for j in range(i) if j] for i in x}[0] if x else (yield from a)\n"
+        "def _porter_helper():\n"
+        "    return torch.compile\n"
+        "class C(torch.nn.Module, metaclass=type):\n"
+        "    async def g(self):\n"
+        "        async with self as m, open('p') as q:\n"
+        "            try:\n"
+        "                del m[1:2, ...]\n"
+        "            except (ValueError, TypeError) as e:\n"
+        "                raise RuntimeError(f'{e:{x}}') from e\n"
+        "            finally:\n"
+        "                global z\n"
+    )
+    module = cst.parse_module(code)
+    fast, slow = index(module), _gates.index(module)
+    assert len(fast.nodes) == len(slow.nodes) > 100
+    assert all(a is b for a, b in zip(fast.nodes, slow.nodes))
+    assert fast.parents == slow.parents
+    assert not any(isinstance(n, cst.FunctionDef) and n.name.value == "_porter_helper" for n in fast.nodes)

@@ -821,6 +821,11 @@ def _offset(source: str, module: cst.Module, node: cst.CSTNode, code: str,
     while above is not None and not isinstance(above, cst.Module):
         if above not in spans:
             spans[above] = _span(source, _verbatim(module, above, parens=True, blocks=True))
+            if spans[above] is None and isinstance(above, (cst.FunctionDef, cst.ClassDef)) and above.decorators:
+                # `@torch.inference_mode()` above many methods: the span from the `def` line on
+                # (a node in the decorators is then not found in it, and stays unsure)
+                bare = above.with_changes(decorators=(), lines_after_decorators=())
+                spans[above] = _span(source, _verbatim(module, bare, parens=True, blocks=True))
         span = spans[above]
         if span is not None:
             start, stop = span

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Literal
 
@@ -38,6 +39,63 @@ R_CAPTURE = (
 )
 
 
+_FIELD_ORDER: dict[type, tuple[str, ...]] = {}
+
+
+class _Fields(cst.CSTVisitor):
+    """Records the order in which libcst visits one node's fields (its children's order)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        return False
+
+    def on_visit_attribute(self, node: cst.CSTNode, attribute: str) -> None:
+        self.names.append(attribute)
+
+
+def _fields_in_order(node: cst.CSTNode) -> tuple[str, ...]:
+    kind = type(node)
+    names = _FIELD_ORDER.get(kind)
+    if names is None:
+        rec = _Fields()
+        node._visit_and_replace_children(rec)  # one shallow visit per node type
+        names = tuple(dict.fromkeys(rec.names))
+        if any(f.name not in names and getattr(node, f.name) is None for f in dataclasses.fields(kind)):
+            return names  # a field visited only when set (a format spec): learn it per node
+        _FIELD_ORDER[kind] = names
+    return names
+
+
+def index(module: cst.Module) -> _gates.Index:
+    """`_gates.index` (nodes in source order, parents; porter's `_porter_*` helpers left out)
+    without a libcst visit, which rebuilds every node: the fields are read in the order libcst
+    visits them, learned once per node type. tests/test_transform_compile_bypass.py checks it
+    against `_gates.index`."""
+    out = _gates.Index()
+    nodes, parents = out.nodes, out.parents
+    CSTNode = cst.CSTNode
+    stack: list[tuple[cst.CSTNode, cst.CSTNode | None]] = [(module, None)]
+    while stack:
+        node, parent = stack.pop()
+        if type(node) is cst.FunctionDef and node.name.value.startswith("_porter_"):  # type: ignore[attr-defined]
+            continue
+        if parent is not None:
+            parents[node] = parent
+        nodes.append(node)
+        kids: list[cst.CSTNode] = []
+        for f in _fields_in_order(node):
+            v = getattr(node, f)
+            if isinstance(v, CSTNode):
+                kids.append(v)
+            elif type(v) in (tuple, list):
+                kids.extend(c for c in v if isinstance(c, CSTNode))
+        stack.extend((k, node) for k in reversed(kids))
+    return out
+
+
 class _Bypass(Rewriter):
     def __init__(self, transform: "CompileBypass", ctx) -> None:
         super().__init__(transform, ctx)
@@ -57,7 +115,10 @@ class _Bypass(Rewriter):
     # -- planning (original tree) -------------------------------------------------------------
     def visit_Module(self, node: cst.Module) -> bool:
         super().visit_Module(node)
-        self._index = _gates.index(node)  # porter's own `_porter_*` helpers are not indexed
+        self._index = index(node)  # porter's own `_porter_*` helpers are not indexed
+        # The planning below asks for places before the traversal has seen any node: with the
+        # parents known, line_of/meta read them off the text instead of a whole-module position pass.
+        self._parents.update(self._index.parents)
         nodes = self._index.nodes
         for n in nodes:
             if isinstance(n, (cst.If, cst.IfExp, cst.While)) and self._device_test(n.test):

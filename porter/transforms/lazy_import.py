@@ -6,9 +6,9 @@ import re
 from dataclasses import dataclass, field
 
 import libcst as cst
-from libcst.metadata import ParentNodeProvider, PositionProvider, ScopeProvider
 from pydantic import BaseModel, ConfigDict, Field
 
+from porter.resolve import Resolver, parents
 from porter.transforms._base import Example, PythonTransform, Rewriter, Safety
 
 _DEFAULT_REASON = "imported where it is used, so the module imports on hosts where {module} cannot load"
@@ -55,8 +55,24 @@ class _Lazy(Rewriter):
         # original statement -> import statements (code) to insert before it
         self._insert: dict[cst.CSTNode, list[str]] = {}
         self._drop: dict[cst.SimpleStatementLine, list[_Import]] = {}
+        self._child_at: dict[cst.CSTNode, dict[int, int]] = {}
         self._plan(node)
-        return True
+        # The traversal only goes down to the blocks that get an import: the statements above
+        # them (every other subtree is kept as it is, unvisited).
+        self._within: set[cst.CSTNode] = set()
+        for stmt in self._insert:
+            up = self._parents.get(stmt)
+            while up is not None and up not in self._within:
+                self._within.add(up)
+                up = self._parents.get(up)
+        return bool(self._insert or self._drop)
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        within = getattr(self, "_within", None)  # set by visit_Module (the module's own visit)
+        if within is None or node in within:
+            return super().on_visit(node)
+        super().on_visit(node)  # keeps the stack of ancestors that on_leave pops
+        return False
 
     # -- analysis -----------------------------------------------------------------------------
     def _imports(self, module: cst.Module) -> list[_Import]:
@@ -106,19 +122,32 @@ class _Lazy(Rewriter):
         imports = self._imports(module)
         if not imports:
             return
-        scope = self.meta(ScopeProvider, module)
+        # What uses each import: the accesses libcst's scope analysis would link to the import's
+        # assignments, found with porter.resolve (one light walk, no ScopeProvider pass) and put
+        # in source order without a position pass.
+        self._parents = parents(module)
+        accesses = _Accesses(self.resolver, module, self._parents, self._order)
         for imp in imports:
+            bound = _assigned(imp.small)
             for i, alias in enumerate(imp.aliases):
                 full, first = self._bound(imp, alias)
-                nodes: list[cst.CSTNode] = []
-                for a in scope.assignments:
-                    if getattr(a, "node", None) is imp.small and (a.name == full or a.name.split(".")[0] == first):
-                        nodes += [r.node for r in a.references]
-                nodes.sort(key=lambda n: (self.meta(PositionProvider, n).start.line,
-                                          self.meta(PositionProvider, n).start.column))
-                imp.uses[i] = list(dict.fromkeys(nodes))
+                names = {n for n in bound if n == full or n.split(".")[0] == first}
+                nodes = [node for name in names for node in accesses.of(name)]
+                imp.uses[i] = sorted(dict.fromkeys(nodes), key=self._order)
         for imp in imports:
             self._plan_one(imp)
+
+    def _order(self, node: cst.CSTNode) -> tuple[int, ...]:
+        """Source order: the node's path of child positions from the module (a pre-order key)."""
+        path = []
+        child, parent = node, self._parents.get(node)
+        while parent is not None:
+            at = self._child_at.get(parent)
+            if at is None:
+                at = self._child_at[parent] = {id(c): k for k, c in enumerate(parent.children)}
+            path.append(at[id(child)])
+            child, parent = parent, self._parents.get(parent)
+        return tuple(reversed(path))
 
     def _plan_one(self, imp: _Import) -> None:
         # Every use must sit in a function body (it runs after import time); find where each
@@ -177,7 +206,7 @@ class _Lazy(Rewriter):
         return chain or None
 
     def _parent(self, node: cst.CSTNode) -> cst.CSTNode | None:
-        return self.meta(ParentNodeProvider, node, None)
+        return self._parents.get(node)
 
     # -- rewriting ----------------------------------------------------------------------------
     def leave_IndentedBlock(self, original: cst.IndentedBlock, updated: cst.IndentedBlock) -> cst.IndentedBlock:
@@ -246,6 +275,171 @@ class _Lazy(Rewriter):
     def _reason(self, code: str) -> str:
         module = next((m for m in self.params.modules if m in code), self.params.modules[0])
         return (self.params.reason or _DEFAULT_REASON).replace("{module}", module)
+
+
+def _assigned(small: cst.Import | cst.ImportFrom) -> set[str]:
+    """The names an import statement assigns, as libcst's scope analysis records them:
+    `import a.b.c` assigns a.b.c, a.b and a; `import a.b as c` and `from a import b as c` assign c."""
+    out: set[str] = set()
+    for alias in small.names:  # type: ignore[union-attr]
+        name = _dotted(alias.asname.name if alias.asname is not None else alias.name)  # type: ignore[arg-type]
+        parts = name.split(".")
+        out.update(".".join(parts[:k]) for k in range(1, len(parts) + 1))
+    return out
+
+
+# Nodes whose visit ends a binding in libcst's scope analysis (its _ASSIGNMENT_LIKE_NODES).
+_ASSIGNMENT_LIKE = (cst.AnnAssign, cst.AsName, cst.Assign, cst.AugAssign, cst.ClassDef, cst.CompFor, cst.FunctionDef,
+                    cst.Global, cst.Import, cst.ImportFrom, cst.NamedExpr, cst.Nonlocal, cst.Parameters, cst.WithItem)
+
+
+class _Accesses:
+    """The accesses of a module that resolve to a module-level assignment, by assigned name.
+
+    As libcst's ScopeVisitor records them: a name read (loaded, deleted) whose scope chain ends at
+    the module; where it heads a dotted name (`a.b.c`) and a module-level `import a.b` assigns a
+    prefix, the access is that prefix (the Attribute `a.b`, named "a.b"), else the Name itself; a
+    string annotation that reads the name is one access, the string node; a read before a binding
+    of the same name in its own scope (`x = x.y` in a class body) goes to the enclosing scope.
+    Differences: a local `a` shadows `a.b.c` here, as in Python (see porter.resolve); only
+    assignment targets count as such later bindings (not a later `def x`/`import x` in the scope).
+    """
+
+    def __init__(self, resolver: Resolver, module: cst.Module, parents: dict[cst.CSTNode, cst.CSTNode],
+                 order) -> None:
+        self.resolver, self.module, self.parents, self.order = resolver, module, parents, order
+        dotted: set[str] = set()  # dotted names module-level imports assign
+        for stmt in _statements_in(module):
+            for small in stmt.body:
+                if isinstance(small, cst.Import):
+                    dotted.update(n for n in _assigned(small) if "." in n)
+        self.dotted = dotted
+        self._roots = {n.split(".")[0] for n in dotted}
+        self._by_name: dict[str, list[cst.CSTNode]] | None = None
+        self._stores: dict[tuple[int, str], list[cst.Name]] | None = None
+
+    def of(self, name: str) -> list[cst.CSTNode]:
+        if self._by_name is None:
+            self._by_name = self._collect()
+        return self._by_name.get(name, [])
+
+    def _at_module(self, scope, name: str, read: cst.Name | None = None) -> bool:
+        hit = scope.lookup(name)
+        if hit is None:
+            return False
+        if hit[0] is scope and read is not None and scope is not self.resolver.top and self._before_binding(read, scope):
+            # libcst attaches a read that comes before a binding of its own scope (`x = x.y`
+            # in a class body) to the enclosing scope's assignments
+            return scope.parent is not None and self._at_module(scope.parent, name)
+        return hit[0] is self.resolver.top
+
+    def _before_binding(self, read: cst.Name, scope) -> bool:
+        if self._stores is None:
+            self._stores = {}
+            for n, where in self.resolver.stored.items():
+                self._stores.setdefault((id(where), n.value), []).append(n)
+        stores = self._stores.get((id(scope), read.value))
+        if not stores:
+            return False
+        at = self.order(read)
+        for store in stores:
+            holder = store
+            while holder is not None and not isinstance(holder, _ASSIGNMENT_LIKE):
+                holder = self.parents.get(holder)
+            if holder is None:
+                continue
+            start = self.order(holder)
+            if at < start or at[:len(start)] == start:
+                return True
+        return False
+
+    def _collect(self) -> dict[str, list[cst.CSTNode]]:
+        by_name: dict[str, list[cst.CSTNode]] = {}
+        roots = self._roots
+        for name, scope in self.resolver.scope_of.items():
+            if not self._at_module(scope, name.value, name):
+                continue
+            holder = self.parents.get(name)
+            if isinstance(holder, (cst.FunctionDef, cst.ClassDef)) and holder.name is name:
+                continue  # the name a def or class binds is an assignment, not a read
+            node: cst.CSTNode = name
+            key = name.value
+            if key in roots:
+                node, key = self._dotted_access(name)
+            by_name.setdefault(key, []).append(node)
+        for string, scope in self.resolver.strings.items():
+            for key in self._string_reads(string, scope):
+                by_name.setdefault(key, []).append(string)
+        return by_name
+
+    def _dotted_access(self, name: cst.Name, parents: dict | None = None) -> tuple[cst.CSTNode, str]:
+        parents = self.parents if parents is None else parents
+        chain: list[cst.Attribute] = []
+        child, parent = name, parents.get(name)
+        while isinstance(parent, cst.Attribute) and parent.value is child:
+            chain.append(parent)
+            child, parent = parent, parents.get(parent)
+        for node in reversed(chain):  # the longest prefix first, as libcst tries them
+            key = _dotted(node)
+            if key in self.dotted:
+                return node, key
+        return name, name.value
+
+    def _string_reads(self, string: cst.CSTNode, scope) -> set[str]:
+        """Names a string annotation reads that resolve at module level (libcst parses a string
+        inside an annotation, or in a typing subscript, cast() or TypeVar() argument)."""
+        if self.parents.get(string) is not None and isinstance(self.parents[string], cst.ConcatenatedString):
+            return set()  # the whole concatenation is the string
+        value = getattr(string, "evaluated_value", None)
+        if not isinstance(value, str) or not value or not self._in_type_hint(string):
+            return set()
+        try:
+            parsed = cst.parse_module(value)
+        except (cst.ParserSyntaxError, RecursionError):
+            return set()
+        inner, inner_parents = Resolver(parsed), parents(parsed)
+        found = set()
+        for n, s in inner.scope_of.items():
+            if s is inner.top and self._at_module(scope, n.value):
+                found.add(self._dotted_access(n, inner_parents)[1] if n.value in self._roots else n.value)
+        return found
+
+    def _in_type_hint(self, node: cst.CSTNode) -> bool:
+        child, parent = node, self.parents.get(node)
+        hint: bool | None = None  # the innermost Call's or Subscript's say
+        while parent is not None:
+            if isinstance(parent, cst.Annotation):
+                return not self._in_literal(node)
+            if hint is None and isinstance(parent, cst.Call):
+                hint = self._hint_call(parent, child)
+            elif hint is None and isinstance(parent, cst.Subscript):
+                hint = self._typing(parent.value) is not None
+            child, parent = parent, self.parents.get(parent)
+        return bool(hint) and not self._in_literal(node)
+
+    def _hint_call(self, call: cst.Call, child: cst.CSTNode) -> bool:
+        names = self.resolver.imported_names(call)
+        if not isinstance(child, cst.Arg) or child not in call.args:
+            return False
+        at = list(call.args).index(child)
+        if names & {"typing.NewType", "typing.TypeVar"}:
+            return at >= 1
+        if "typing.cast" in names:
+            return at == 0
+        return False
+
+    def _typing(self, node: cst.CSTNode) -> str | None:
+        if not isinstance(node, cst.Name):
+            return None
+        return next((q for q in self.resolver.imported_names(node) if q.startswith(("typing.", "typing_extensions."))), None)
+
+    def _in_literal(self, node: cst.CSTNode) -> bool:
+        parent = self.parents.get(node)
+        while parent is not None:
+            if isinstance(parent, cst.Subscript) and self._typing(parent.value) in ("typing.Literal", "typing_extensions.Literal"):
+                return True
+            parent = self.parents.get(parent)
+        return False
 
 
 def _statements_in(node: cst.CSTNode) -> list[cst.SimpleStatementLine]:
