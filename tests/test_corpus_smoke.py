@@ -48,7 +48,7 @@ SMOKE_SCRIPT = CORPUS_DIR / "smoke" / "bark_smoke.py"
 # come with transformers). encodec is replaced by a stand-in in the script (see its docstring).
 REQUIRES = ["funcy==2.0", "scipy==1.17.1", "transformers==5.23.0"]
 OUTPUTS = {"logits": [1, 1, 10048], "step_logits": [1, 1, 10048], "fine_logits": [2, 16, 1056]}
-N_TOKENS = 9  # generate_text_semantic with max_gen_duration_s = 8 semantic frames stops after 9
+N_TOKENS = 9  # generate_text_semantic stops after the first token past max_gen_duration_s (8.5 frames)
 _OFFLINE = re.compile(r"(?i)unreachable|connection|temporary failure|no matching distribution|could not find a version")
 
 

@@ -48,7 +48,7 @@ def _stand_in_encodec():
 
 _stand_in_encodec()
 
-import bark  # noqa: E402  the patched package: first on the smoke subprocess's path
+import bark  # noqa: E402,F401  the patched package: first on the smoke subprocess's path
 from bark import generation  # noqa: E402
 from bark.model import GPT, GPTConfig  # noqa: E402
 from bark.model_fine import FineGPT, FineGPTConfig  # noqa: E402
@@ -110,7 +110,7 @@ def generate(model, ctx):
     try:
         tokens = generation.generate_text_semantic(
             "porter on npu", temp=0.7, silent=True, min_eos_p=None, allow_early_stop=False,
-            max_gen_duration_s=8 / generation.SEMANTIC_RATE_HZ, use_kv_caching=True)
+            max_gen_duration_s=8.5 / generation.SEMANTIC_RATE_HZ, use_kv_caching=True)
     finally:
         generation.models.pop("text", None)
     ctx.note("semantic_tokens", torch.as_tensor(tokens))
