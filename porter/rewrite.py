@@ -93,11 +93,15 @@ def _glob(pattern: str) -> re.Pattern[str]:
         elif c == "?":
             out, i = out + "[^/]", i + 1
         elif c == "[":
-            j = pattern.find("]", i)
+            # a class matches one character other than "/": `[!abc]` and `[^abc]` negate it, and a
+            # "]" right after the opening (or after the negation) is a member, as in fnmatch
+            k = i + 1 + (pattern[i + 1 : i + 2] in ("!", "^"))
+            j = pattern.find("]", k + 1 if pattern[k : k + 1] == "]" else k)
             if j == -1:
                 out, i = out + re.escape(c), i + 1
             else:
-                out, i = out + pattern[i : j + 1], j + 1
+                body = pattern[k:j].replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
+                out, i = out + ("[^/" if k > i + 1 else "(?!/)[") + body + "]", j + 1
         else:
             out, i = out + re.escape(c), i + 1
     return re.compile(out + r"\Z")

@@ -265,3 +265,17 @@ def test_every_transform_smoke_and_weights_field_with_any_value(tmp_path, steps,
     if weights is not None:
         data["weights"] = weights
     _loads_or_usage_error(tmp_path, data)
+
+
+@pytest.mark.parametrize("pattern, path, matches", [
+    ("m[!0-9].py", "ma.py", True), ("m[!0-9].py", "m1.py", False), ("m[!0-9].py", "m!.py", True),
+    ("m[^a].py", "ma.py", False), ("m[abc].py", "m!.py", False), ("m[]x].py", "m].py", True),
+    ("m[!]].py", "m].py", False), ("a[!x]b", "a/b", False), ("a[/]b", "a/b", False),
+    ("**/m[a-c].py", "x/y/mb.py", True),
+])
+def test_glob_classes_match_as_fnmatch_does_and_never_span_a_folder(pattern, path, matches):
+    """`[!...]` negates (it used to match "!" or the listed characters), and a class is one character
+    of a file or folder name, never "/" (a step's files: must not reach into another folder)."""
+    from porter.rewrite import _glob
+
+    assert bool(_glob(pattern).match(path)) is matches
