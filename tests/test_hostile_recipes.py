@@ -107,6 +107,11 @@ BASE = "porter: 1\nname: x\nsource: {path: .}\n"
     (BASE + "steps:\n  - use: widen-device-check\n    exclude: ['a/[b-a]/*.py']\n", "not a valid glob", 6),
     ("porter: 1\nname: x\nsource: {path: ., files: ['[9-0]']}\nsteps: []\n", "not a valid glob", 3),
     (BASE + "steps: []\nscan: {files: ['[z-a]']}\n", "not a valid glob", 5),
+    # a torch_npu release that is no release: refused before a data file is looked up (a name too
+    # long for the file system used to be exit 3, found by the property test below)
+    (BASE + "steps:\n  - use: hardcoded-device\n    with: {torch_npu: '" + "x" * 300 + "'}\n",
+     "no transfer_to_npu data for torch_npu", 6),
+    (BASE + "steps:\n  - use: hardcoded-device\n    with: {torch_npu: ../../x}\n", "no transfer_to_npu data", 6),
     (BASE + "steps:\n  - use: widen-device-check\n    files: ['" + "*" * 40 + "']\n", "too long", 6),
     ("porter: 1\nname: " + "a" * 300 + "\nsource: {path: .}\nsteps: []\n", "at most 100 characters", 2),
     ("porter: 1\nname: x\nsource: {path: ., into: " + "d" * 300 + "}\nsteps: []\n", "longer than 255", 3),

@@ -12,6 +12,7 @@ APIs torch_npu answers for, so the transforms derive their lists from them inste
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -44,10 +45,12 @@ def data_path(version: str) -> Path:
 
 
 def check_version(version: str) -> str:
-    """A Params validator: the release must have a data file (names the ones that do)."""
-    if not data_path(version).is_file():
+    """A Params validator: the release must have a data file (names the ones that do). A value that
+    is not a release number (a path, a name too long for the file system) is refused before any file
+    is looked up."""
+    if not re.fullmatch(r"[0-9][0-9A-Za-z.+_-]{0,63}", version) or not data_path(version).is_file():
         have = sorted(p.name[len("torch_npu_transfer-"):-len(".json")] for p in DATA_DIR.glob("torch_npu_transfer-*.json"))
-        raise ValueError(f"no transfer_to_npu data for torch_npu {version} (porter has: {', '.join(have) or 'none'}); "
+        raise ValueError(f"no transfer_to_npu data for torch_npu {version[:64]!r} (porter has: {', '.join(have) or 'none'}); "
                          "write it with `porter npu-kernels`")
     return version
 
